@@ -14,7 +14,7 @@ namespace hlwq {
 
 /// IEEE 754 binary16: 1 sign, 5 exponent, 10 mantissa bits. Largest finite value 65504.
 struct half {
-    std::uint16_t bits = 0;
+    std::uint16_t bits = 0;  ///< Raw bit pattern.
 
     constexpr half() = default;
     /// Rounds `f` to the nearest binary16 (ties to even); overflow gives ±inf.
@@ -72,7 +72,7 @@ struct half {
 
 /// bfloat16: the upper 16 bits of a binary32.
 struct bfloat16 {
-    std::uint16_t bits = 0;
+    std::uint16_t bits = 0;  ///< Raw bit pattern.
 
     constexpr bfloat16() = default;
     /// Rounds `f` to the nearest bfloat16 (ties to even); NaN stays NaN.

@@ -31,7 +31,7 @@ struct cpu {
     static constexpr const char* name() noexcept { return Arch::name(); }
 };
 
-/// CUDA kernels (include/hlwq/backend/cuda, built only with HLWQ_ENABLE_CUDA).
+/// CUDA kernels (`include/hlwq/backend/cuda`, built only with HLWQ_ENABLE_CUDA).
 struct cuda {
     /// Human-readable backend name.
     static constexpr const char* name() noexcept { return "cuda"; }
@@ -42,7 +42,7 @@ struct cuda {
 /// The backend public functions use when none is given.
 using default_backend = backend::cpu<>;
 
-/// Kernel set of a backend: specialized in backend/<name>/kernels.hpp. The primary template
+/// Kernel set of a backend: specialized in `backend/<name>/kernels.hpp`. The primary template
 /// is left undefined so that a backend without kernels fails at compile time.
 template <class Backend>
 struct kernels;

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: MIT
+/// @file backend/scalar/kernels.hpp
+/// @brief The scalar reference kernels: one element at a time, the definition every other
+/// backend reproduces bit for bit.
+#pragma once
+
+#include "../../codebook.hpp"
+#include "../../packer.hpp"
+#include "../backend.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace hlwq {
+
+/// Scalar reference kernels (see backend::scalar).
+template <>
+struct kernels<backend::scalar> {
+    /// Unnormalized in-place Walsh-Hadamard transform of x[0..n), n a power of two:
+    /// butterflies (a, b) -> (a + b, a - b) at strides 1, 2, 4, ..., n/2, in that order.
+    /// The stage order fixes the rounding, so other backends keep it.
+    static void fwht(float* x, std::size_t n) noexcept {
+        for (std::size_t h = 1; h < n; h *= 2)
+            for (std::size_t i = 0; i < n; i += 2 * h)
+                for (std::size_t j = i; j < i + h; ++j) {
+                    const float a = x[j], b = x[j + h];
+                    x[j] = a + b;
+                    x[j + h] = a - b;
+                }
+    }
+
+    /// codes[i] = code of (y[i] * scale) under the ascending 2^Bits - 1 `boundaries`
+    /// (the number of boundaries below it; see encode_value).
+    template <int Bits>
+    static void encode(const float* y, std::size_t n, float scale, const float* boundaries,
+                       std::uint8_t* codes) noexcept {
+        const std::span<const float> b(boundaries, (std::size_t{1} << Bits) - 1);
+        for (std::size_t i = 0; i < n; ++i) codes[i] = encode_value(b, y[i] * scale);
+    }
+
+    /// out[i] = centroids[codes[i]] * scale.
+    static void decode(const std::uint8_t* codes, std::size_t n, const float* centroids,
+                       float scale, float* out) noexcept {
+        for (std::size_t i = 0; i < n; ++i) out[i] = centroids[codes[i]] * scale;
+    }
+
+    /// Unpacks n codes packed by packer<Bits> (packed_bytes(n) bytes) to one per byte.
+    template <int Bits>
+    static void unpack(const std::uint8_t* packed, std::size_t n, std::uint8_t* codes) {
+        packer<Bits>::unpack({packed, packer<Bits>::packed_bytes(n)}, {codes, n});
+    }
+};
+
+}  // namespace hlwq
