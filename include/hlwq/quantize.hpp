@@ -53,7 +53,7 @@ struct quantize_options {
     unsigned threads = 0;
     /// Seed of the random sign diagonal D (rotation H·D). Empty = plain H, the published
     /// format; a seed makes a different format that needs the same seed to decode.
-    std::optional<std::uint64_t> sign_seed;
+    std::optional<std::uint64_t> sign_seed = std::nullopt;
 };
 
 /// A quantized matrix: packed codes, one fp16 norm per block, and what is needed to decode.
@@ -62,7 +62,7 @@ struct quantized_matrix {
     std::size_t cols = 0;   ///< columns of the original matrix
     int bits = 0;           ///< code width, 1..8
     std::size_t block = 0;  ///< columns per block
-    std::optional<std::uint64_t> sign_seed;  ///< seed of D, if the rotation is H·D
+    std::optional<std::uint64_t> sign_seed = std::nullopt;  ///< seed of D, if the rotation is H·D
     std::vector<float> centroids;            ///< the 2^bits centroids codes index
     std::vector<std::uint8_t> codes;  ///< rows × blocks_per_row() blocks of block_bytes() bytes
     std::vector<half> norms;          ///< rows × blocks_per_row() block L2 norms
