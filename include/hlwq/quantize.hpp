@@ -170,7 +170,7 @@ void dequantize_rows(const quantized_matrix& q, std::size_t r0, std::size_t r1, 
 }  // namespace detail
 
 /// Quantizes the row-major rows × cols matrix `w` (float, fp16 or bf16) with the codebook
-/// `cb` (any hlwq::codebook: lloyd_max<B>, fitted_codebook, codebook_view).
+/// `cb` (any hlwq::codebook: `lloyd_max<B>`, fitted_codebook, codebook_view).
 /// @throws std::invalid_argument if w.size() != rows·cols, the block size is not a power of
 ///   two in 16..1024, the codebook is malformed, a weight is NaN/inf (naming row and column)
 ///   or a block norm overflows fp16.
