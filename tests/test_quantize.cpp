@@ -43,9 +43,16 @@ void check_backends_agree(const std::vector<float>& w, std::size_t rows, std::si
     const auto ref = hlwq::quantize<B>(w, rows, cols, {.threads = 1}, hlwq::backend::scalar{});
     CHECK(simd.codes == ref.codes);
     CHECK(std::memcmp(simd.norms.data(), ref.norms.data(), simd.norms.size() * 2) == 0);
+    // Every instruction set this build can run, not only the default one.
 #if XSIMD_WITH_SSE2
     const auto sse = hlwq::quantize<B>(w, rows, cols, {}, hlwq::backend::cpu<xsimd::sse2>{});
     CHECK(sse.codes == ref.codes);
+    CHECK(hlwq::dequantize(sse, 1, hlwq::backend::cpu<xsimd::sse2>{}) == hlwq::dequantize(ref, 1, hlwq::backend::scalar{}));
+#endif
+#if XSIMD_WITH_AVX2
+    const auto avx2 = hlwq::quantize<B>(w, rows, cols, {}, hlwq::backend::cpu<xsimd::avx2>{});
+    CHECK(avx2.codes == ref.codes);
+    CHECK(hlwq::dequantize(avx2, 1, hlwq::backend::cpu<xsimd::avx2>{}) == hlwq::dequantize(ref, 1, hlwq::backend::scalar{}));
 #endif
     // Dequantization: same rounding order in both backends, so the outputs agree exactly.
     CHECK(hlwq::dequantize(simd) == hlwq::dequantize(ref, 1, hlwq::backend::scalar{}));

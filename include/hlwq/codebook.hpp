@@ -41,7 +41,7 @@ concept codebook = requires(const C& c) {
 constexpr std::uint8_t encode_value(std::span<const float> boundaries, float y) noexcept {
     std::size_t k = 0;
     for (std::size_t step = (boundaries.size() + 1) / 2; step > 0; step /= 2)
-        if (y > boundaries[k + step - 1]) k += step;
+        k += step * static_cast<std::size_t>(y > boundaries[k + step - 1]);  // no branch to mispredict
     return static_cast<std::uint8_t>(k);
 }
 

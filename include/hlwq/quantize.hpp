@@ -141,7 +141,7 @@ void quantize_rows(const T* w, std::size_t cols, std::size_t r0, std::size_t r1,
             K::fwht(y.data(), block);
             const float inv = norm > 0 ? static_cast<float>(1.0 / norm) : 0.0f;
             K::template encode<Bits>(y.data(), block, inv, cb.boundaries.data(), codes.data());
-            packer<Bits>::pack(codes, std::span(q.codes).subspan((r * nb + b) * bytes, bytes));
+            K::template pack<Bits>(codes.data(), block, q.codes.data() + (r * nb + b) * bytes);
         }
     }
 }
@@ -158,7 +158,7 @@ void dequantize_rows(const quantized_matrix& q, std::size_t r0, std::size_t r1, 
     for (std::size_t r = r0; r < r1; ++r) {
         for (std::size_t b = 0; b < nb; ++b) {
             K::template unpack<Bits>(q.block_codes(r, b).data(), block, codes.data());
-            K::decode(codes.data(), block, q.centroids.data(), q.block_norm(r, b) * inv_block, y.data());
+            K::template decode<Bits>(codes.data(), block, q.centroids.data(), q.block_norm(r, b) * inv_block, y.data());
             K::fwht(y.data(), block);
             if (signs) signs->apply(y);
             const std::size_t c0 = b * block, n = std::min(block, cols - c0);

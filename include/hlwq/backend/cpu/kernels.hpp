@@ -16,6 +16,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstddef>
@@ -79,46 +80,137 @@ struct kernels<backend::cpu<Arch>> {
         }
     }
 
-    /// codes[i] = code of (y[i] * scale): counts the boundaries below the value, by compares
-    /// against every boundary for up to 4 bits and by a gathered binary search above.
+    // AVX-512 intrinsics below use their masked forms with an explicit source: GCC 12.2's
+    // unmasked ones pass an undefined register that -Wmaybe-uninitialized reports wherever
+    // they are inlined (GCC bug 105593).
+
+    /// codes[i] = code of (y[i] * scale). Up to 4 bits: count the boundaries below the value
+    /// with one compare per boundary. 5 bits on AVX-512: binary search in the two registers
+    /// holding the 31 boundaries. Wider on AVX-512/AVX2: binary search with hardware gathers
+    /// (xsimd 8's gather is emulated lane by lane, hence the intrinsics). Otherwise scalar.
     template <int Bits>
     static void encode(const float* y, std::size_t n, float scale, const float* boundaries,
                        std::uint8_t* codes) noexcept {
         constexpr std::size_t levels = std::size_t{1} << Bits;
-        const batch s(scale);
-        alignas(64) std::int32_t k_out[width];
         std::size_t i = 0;
-        for (; i + width <= n; i += width) {
-            const batch v = batch::load_unaligned(y + i) * s;
-            batch k(0.0f);  // the count, exact in float (<= 255)
-            if constexpr (Bits <= 4) {
+        if constexpr (Bits <= 4) {
+            const batch s(scale);
+            alignas(64) std::int32_t k_out[width];
+            for (; i + width <= n; i += width) {
+                const batch v = batch::load_unaligned(y + i) * s;
+                batch k(0.0f);  // the count, exact in float (<= 15)
                 for (std::size_t b = 0; b + 1 < levels; ++b)
                     k += xsimd::select(v > batch(boundaries[b]), batch(1.0f), batch(0.0f));
-            } else {
-                for (int step = levels / 2; step > 0; step /= 2) {
-                    const float fs = static_cast<float>(step);
-                    const batch b = batch::gather(boundaries, small_int(k + (fs - 1.0f)));
-                    k += xsimd::select(v > b, batch(fs), batch(0.0f));
-                }
+                small_int(k).store_aligned(k_out);
+                for (std::size_t t = 0; t < width; ++t) codes[i + t] = static_cast<std::uint8_t>(k_out[t]);
             }
-            small_int(k).store_aligned(k_out);
-            for (std::size_t t = 0; t < width; ++t) codes[i + t] = static_cast<std::uint8_t>(k_out[t]);
         }
+#if XSIMD_WITH_AVX512F
+        if constexpr (Bits == 5 && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            alignas(64) float table[32] = {};
+            std::copy_n(boundaries, levels - 1, table);
+            const __m512 t0 = _mm512_load_ps(table), t1 = _mm512_load_ps(table + 16);
+            const __m512 s = _mm512_set1_ps(scale);
+            for (; i + 16 <= n; i += 16) {
+                const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(y + i), s);
+                __m512i k = _mm512_setzero_si512();
+                for (int step = 16; step > 0; step /= 2) {
+                    const __m512 b = _mm512_permutex2var_ps(t0, _mm512_add_epi32(k, _mm512_set1_epi32(step - 1)), t1);
+                    k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(v, b, _CMP_GT_OQ), k, _mm512_set1_epi32(step));
+                }
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_mask_cvtepi32_epi8(_mm_setzero_si128(), 0xFFFF, k));
+            }
+        }
+#endif
+#if XSIMD_WITH_AVX512F
+        if constexpr (Bits >= 6 && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            const __m512 s = _mm512_set1_ps(scale);
+            for (; i + 16 <= n; i += 16) {
+                const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(y + i), s);
+                __m512i k = _mm512_setzero_si512();
+                for (int step = levels / 2; step > 0; step /= 2) {
+                    const __m512i at = _mm512_add_epi32(k, _mm512_set1_epi32(step - 1));
+                    const __m512 b = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, at, boundaries, 4);
+                    k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(v, b, _CMP_GT_OQ), k, _mm512_set1_epi32(step));
+                }
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
+                                 _mm512_mask_cvtepi32_epi8(_mm_setzero_si128(), 0xFFFF, k));
+            }
+        }
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (Bits >= 5 && std::is_base_of_v<xsimd::avx2, Arch>) {
+            const __m256 s = _mm256_set1_ps(scale);
+            const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+            alignas(32) std::int32_t k_out[8];
+            for (; i + 8 <= n; i += 8) {
+                const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(y + i), s);
+                __m256i k = _mm256_setzero_si256();
+                for (int step = levels / 2; step > 0; step /= 2) {
+                    const __m256i at = _mm256_add_epi32(k, _mm256_set1_epi32(step - 1));
+                    const __m256 b = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), boundaries, at, all, 4);
+                    const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(v, b, _CMP_GT_OQ));
+                    k = _mm256_add_epi32(k, _mm256_and_si256(gt, _mm256_set1_epi32(step)));
+                }
+                _mm256_store_si256(reinterpret_cast<__m256i*>(k_out), k);
+                for (int t = 0; t < 8; ++t) codes[i + t] = static_cast<std::uint8_t>(k_out[t]);
+            }
+        }
+#endif
         kernels<backend::scalar>::encode<Bits>(y + i, n - i, scale, boundaries, codes + i);
     }
 
-    /// out[i] = centroids[codes[i]] * scale (gather).
+    /// out[i] = centroids[codes[i]] * scale: a lookup in registers holding the table
+    /// (AVX-512 up to 5 bits, AVX2 up to 4), plain loads otherwise.
+    template <int Bits>
     static void decode(const std::uint8_t* codes, std::size_t n, const float* centroids,
                        float scale, float* out) noexcept {
-        using ibatch = xsimd::batch<std::int32_t, Arch>;
-        const batch s(scale);
-        alignas(64) std::int32_t idx[width];
+        [[maybe_unused]] constexpr std::size_t levels = std::size_t{1} << Bits;
         std::size_t i = 0;
-        for (; i + width <= n; i += width) {
-            for (std::size_t t = 0; t < width; ++t) idx[t] = codes[i + t];
-            (batch::gather(centroids, ibatch::load_aligned(idx)) * s).store_unaligned(out + i);
+#if XSIMD_WITH_AVX512F
+        if constexpr (Bits <= 5 && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            alignas(64) float table[32] = {};
+            std::copy_n(centroids, levels, table);
+            const __m512 t0 = _mm512_load_ps(table), t1 = _mm512_load_ps(table + 16);
+            const __m512 s = _mm512_set1_ps(scale);
+            for (; i + 16 <= n; i += 16) {
+                const __m512i k = _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+                _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutex2var_ps(t0, k, t1), s));
+            }
         }
-        kernels<backend::scalar>::decode(codes + i, n - i, centroids, scale, out + i);
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (Bits <= 4 && std::is_base_of_v<xsimd::avx2, Arch>) {
+            alignas(32) float table[16] = {};
+            std::copy_n(centroids, levels, table);
+            const __m256 t0 = _mm256_load_ps(table), t1 = _mm256_load_ps(table + 8);
+            const __m256 s = _mm256_set1_ps(scale);
+            for (; i + 8 <= n; i += 8) {
+                std::uint64_t eight;
+                std::memcpy(&eight, codes + i, 8);
+                const __m256i k = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(eight)));
+                // Look up in both halves; bit 3, moved to the sign, picks one.
+                const __m256 hi_half = _mm256_castsi256_ps(_mm256_slli_epi32(k, 28));
+                const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(t0, k),
+                                                  _mm256_permutevar8x32_ps(t1, k), hi_half);
+                _mm256_storeu_ps(out + i, _mm256_mul_ps(v, s));
+            }
+        }
+#endif
+        kernels<backend::scalar>::decode<Bits>(codes + i, n - i, centroids, scale, out + i);
+    }
+
+    /// Packs n codes (one per byte, < 2^Bits) in the packer<Bits> layout, a 64-bit word at
+    /// a time (the mirror of unpack).
+    template <int Bits>
+    static void pack(const std::uint8_t* codes, std::size_t n, std::uint8_t* packed) noexcept {
+        using P = packer<Bits>;
+        const std::size_t full = n / P::group;
+        std::uint8_t* dst = packed;
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            ((dst = pack_plane<P::planes[I].width, P::planes[I].shift>(codes, full, dst)), ...);
+        }(std::make_index_sequence<P::planes.size()>());
+        kernels<backend::scalar>::pack<Bits>(codes + full * P::group, n % P::group, dst);
     }
 
     /// Unpacks n codes packed by packer<Bits>, a 64-bit word at a time (SWAR): a 4-bit plane
@@ -229,6 +321,36 @@ private:
             src += 32 * Width / 8;
         }
         return src;
+    }
+    /// Packs one Width-bit plane (code bits [Shift, Shift + Width)) of `groups` full groups.
+    template <int Width, int Shift>
+    static std::uint8_t* pack_plane(const std::uint8_t* codes, std::size_t groups, std::uint8_t* dst) noexcept {
+        constexpr std::uint64_t ones = 0x0101010101010101ull;
+        constexpr std::uint64_t mask = ((1u << Width) - 1) * ones;
+        auto bits_of = [](const std::uint8_t* c) { return (load64(c) >> Shift) & mask; };
+        for (std::size_t g = 0; g < groups; ++g) {
+            const std::uint8_t* c = codes + g * 32;
+            std::uint64_t w[4];
+            if constexpr (Width == 8) {
+                for (int q = 0; q < 4; ++q) w[q] = load64(c + 8 * q);
+            } else if constexpr (Width == 4) {
+                w[0] = bits_of(c) | bits_of(c + 16) << 4;
+                w[1] = bits_of(c + 8) | bits_of(c + 24) << 4;
+            } else if constexpr (Width == 2) {
+                w[0] = bits_of(c) | bits_of(c + 8) << 2 | bits_of(c + 16) << 4 | bits_of(c + 24) << 6;
+            } else {
+                // Gather bit 0 of each of 8 bytes into one byte: the multiplier has bits
+                // 56 - 7j, moving byte j's bit (bit 8j) to bit 56 + j; the other products
+                // land at distinct positions below bit 56 or above bit 63.
+                std::uint32_t word = 0;
+                for (int i = 0; i < 4; ++i)
+                    word |= static_cast<std::uint32_t>((bits_of(c + 8 * i) * 0x0102040810204080ull) >> 56) << (8 * i);
+                std::memcpy(dst, &word, 4);
+            }
+            if constexpr (Width != 1) std::memcpy(dst, w, 32 * Width / 8);
+            dst += 32 * Width / 8;
+        }
+        return dst;
     }
 };
 

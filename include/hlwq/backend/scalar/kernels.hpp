@@ -39,10 +39,17 @@ struct kernels<backend::scalar> {
         for (std::size_t i = 0; i < n; ++i) codes[i] = encode_value(b, y[i] * scale);
     }
 
-    /// out[i] = centroids[codes[i]] * scale.
+    /// out[i] = centroids[codes[i]] * scale, for codes of Bits bits.
+    template <int Bits>
     static void decode(const std::uint8_t* codes, std::size_t n, const float* centroids,
                        float scale, float* out) noexcept {
         for (std::size_t i = 0; i < n; ++i) out[i] = centroids[codes[i]] * scale;
+    }
+
+    /// Packs n codes (one per byte, each < 2^Bits) with packer<Bits> into packed_bytes(n) bytes.
+    template <int Bits>
+    static void pack(const std::uint8_t* codes, std::size_t n, std::uint8_t* packed) {
+        packer<Bits>::pack({codes, n}, {packed, packer<Bits>::packed_bytes(n)});
     }
 
     /// Unpacks n codes packed by packer<Bits> (packed_bytes(n) bytes) to one per byte.
