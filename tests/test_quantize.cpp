@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_data.hpp"
+
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -9,13 +11,7 @@
 
 namespace {
 
-std::vector<float> gaussian(std::size_t n, unsigned seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d;
-    std::vector<float> x(n);
-    for (auto& v : x) v = d(rng);
-    return x;
-}
+using hlwq_test::gaussian;
 
 // Student-t with 4 degrees of freedom, and every 512th column an outlier column ×20.
 std::vector<float> heavy_tailed(std::size_t rows, std::size_t cols, unsigned seed) {

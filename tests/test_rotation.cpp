@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_data.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -10,13 +12,7 @@
 
 namespace {
 
-std::vector<float> gaussian(std::size_t n, unsigned seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> d;
-    std::vector<float> x(n);
-    for (auto& v : x) v = d(rng);
-    return x;
-}
+using hlwq_test::gaussian;
 
 // Entry (i, j) of the Sylvester Hadamard matrix: (-1)^popcount(i & j).
 int sylvester(std::size_t i, std::size_t j) { return std::popcount(i & j) % 2 ? -1 : 1; }
