@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <exception>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -39,7 +40,13 @@ void parallel_for(std::size_t n, unsigned threads, F&& f) {
             errors[t] = std::current_exception();
         }
     };
-    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(run, t);
+    unsigned started = 1;
+    try {
+        for (; started < threads; ++started) pool.emplace_back(run, started);
+    } catch (const std::system_error&) {
+        // No more threads to be had: the calling thread runs the chunks not started.
+    }
+    for (unsigned t = started; t < threads; ++t) run(t);
     run(0);
     for (auto& th : pool) th.join();
     for (auto& e : errors)
