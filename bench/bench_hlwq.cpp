@@ -26,6 +26,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "ratio.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -99,44 +101,12 @@ const std::vector<std::uint8_t>& packed_codes() {
     return p;
 }
 
-// ---------------------------------------------------------------------------------------
-// Registry: what the RATIO table needs to know about each benchmark.
-// ---------------------------------------------------------------------------------------
-struct entry {
-    std::string name;
-    std::string group;      // printed as a section header
-    std::size_t bytes = 0;  // bytes per iteration (as in SetBytesProcessed)
-    std::size_t items = 0;  // items per iteration (weights, floats, codes; as in SetItemsProcessed)
-    std::string baseline;   // memcpy baseline of the same bytes ("" for the baseline itself)
-    std::string scalar;     // scalar counterpart of a cpu benchmark ("" otherwise)
-};
-
-std::vector<entry>& registry() {
-    static std::vector<entry> r;
-    return r;
-}
-
-template <class F>
-benchmark::internal::Benchmark* add(entry e, F&& f) {
-    registry().push_back(e);
-    return benchmark::RegisterBenchmark(e.name.c_str(), std::forward<F>(f))->UseRealTime();
-}
+using hlwq_bench::add;
+using hlwq_bench::add_memcpy;
 
 template <class Backend>
 constexpr const char* tag() {
     return std::is_same_v<Backend, scalar> ? "scalar" : "cpu";
-}
-
-void add_memcpy(const std::string& group, std::size_t bytes) {
-    add({group + "/memcpy", group, bytes, 0, "", ""}, [bytes](benchmark::State& st) {
-        std::vector<char> src(bytes, 1), dst(bytes, 0);
-        for (auto _ : st) {
-            std::memcpy(dst.data(), src.data(), bytes);
-            benchmark::DoNotOptimize(dst.data());
-            benchmark::ClobberMemory();
-        }
-        st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * bytes));
-    });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -281,119 +251,18 @@ void register_all() {
     }(std::make_integer_sequence<int, 8>());
 }
 
-// ---------------------------------------------------------------------------------------
-// Reporter: forwards everything to the default display reporter (honours
-// --benchmark_format / --benchmark_color), keeps each benchmark's best real time, and prints
-// the RATIO table at Finalize().
-// ---------------------------------------------------------------------------------------
-class ratio_reporter final : public benchmark::BenchmarkReporter {
-public:
-    explicit ratio_reporter(benchmark::BenchmarkReporter* inner) : inner_(inner) {}
-
-    bool ReportContext(const Context& context) override { return inner_->ReportContext(context); }
-
-    void ReportRuns(const std::vector<Run>& runs) override {
-        for (const Run& r : runs) {
-            if (r.error_occurred || r.run_type != Run::RT_Iteration) continue;
-            const double s = r.GetAdjustedRealTime() * seconds_per_unit(r.time_unit);
-            auto [it, fresh] = best_.try_emplace(r.run_name.function_name, s);
-            if (!fresh) it->second = std::min(it->second, s);
-        }
-        inner_->ReportRuns(runs);
-    }
-
-    void Finalize() override {
-        inner_->Finalize();
-        // Keep machine-readable formats clean on stdout.
-        std::ostream& os = dynamic_cast<benchmark::ConsoleReporter*>(inner_.get()) ? std::cout : std::cerr;
-        print_table(os);
-    }
-
-private:
-    static double seconds_per_unit(benchmark::TimeUnit u) {
-        switch (u) {
-            case benchmark::kNanosecond: return 1e-9;
-            case benchmark::kMicrosecond: return 1e-6;
-            case benchmark::kMillisecond: return 1e-3;
-            default: return 1.0;
-        }
-    }
-    std::optional<double> time(const std::string& name) const {
-        if (name.empty()) return std::nullopt;
-        const auto it = best_.find(name);
-        return it == best_.end() ? std::nullopt : std::optional(it->second);
-    }
-    static std::string fmt_time(double s) {
-        char buf[32];
-        if (s >= 1e-3) std::snprintf(buf, sizeof buf, "%9.3f ms", s * 1e3);
-        else std::snprintf(buf, sizeof buf, "%9.2f us", s * 1e6);
-        return buf;
-    }
-
-    static const char* group_note(const std::string& group) {
-        if (group == "quantize") return "bytes = float input, items = weights; threads = 1";
-        if (group == "dequantize") return "bytes = float output, items = weights; threads = 1";
-        if (group == "wht") return "bytes = the 4 MiB buffer, transformed in place; items = floats";
-        if (group == "unpack") return "bytes = codes PRODUCED (1 byte each); items = codes";
-        return "";
-    }
-
-    void print_table(std::ostream& os) const {
-        if (best_.empty()) return;
-        char line[256];
-        os << "\nRATIO table (from this run; best real time per iteration)\n"
-              "  x memcpy = time / time of the group's memcpy of the same bytes (1.00 = memcpy speed)\n"
-              "  speedup  = scalar time / cpu time   (cpu = "
-           << cpu::name() << ", scalar = reference kernels)\n";
-        std::string group;
-        for (const entry& e : registry()) {
-            const auto t = time(e.name);
-            if (!t) continue;
-            if (e.group != group) {
-                group = e.group;
-                std::snprintf(line, sizeof line, "\n%s: %s\n  %-26s %10s %12s %9s %8s %10s %8s\n", group.c_str(),
-                              group_note(group), "", "bytes/it", "time/it", "x memcpy", "GB/s", "Mitems/s",
-                              "speedup");
-                os << line;
-            }
-            std::string ratio = "-", speedup = "-", items = "-";
-            if (const auto b = time(e.baseline)) {
-                std::snprintf(line, sizeof line, "%.2f", *t / *b);
-                ratio = line;
-            }
-            if (const auto sc = time(e.scalar)) {
-                std::snprintf(line, sizeof line, "%.2fx", *sc / *t);
-                speedup = line;
-            }
-            if (e.items) {
-                std::snprintf(line, sizeof line, "%.1f", static_cast<double>(e.items) / *t / 1e6);
-                items = line;
-            }
-            std::snprintf(line, sizeof line, "  %-26s %10zu %12s %9s %8.2f %10s %8s\n", e.name.c_str(), e.bytes,
-                          fmt_time(*t).c_str(), ratio.c_str(), static_cast<double>(e.bytes) / *t / 1e9,
-                          items.c_str(), speedup.c_str());
-            os << line;
-        }
-        os << std::flush;
-    }
-
-    std::unique_ptr<benchmark::BenchmarkReporter> inner_;
-    std::map<std::string, double> best_;  // function name -> seconds per iteration
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-#ifndef __OPTIMIZE__
-    std::cerr << "hlwq_bench: WARNING: built without optimization; numbers are meaningless\n";
-#endif
     benchmark::AddCustomContext("hlwq_default_backend", cpu::name());
     benchmark::AddCustomContext("hlwq_matrix", std::to_string(kRows) + "x" + std::to_string(kCols) + " float");
+    hlwq_bench::group_notes() = {
+        {"quantize", "bytes = float input, items = weights; threads = 1"},
+        {"dequantize", "bytes = float output, items = weights; threads = 1"},
+        {"wht", "bytes = the 4 MiB buffer, transformed in place; items = floats"},
+        {"unpack", "bytes = codes PRODUCED (1 byte each); items = codes"},
+    };
+    hlwq_bench::speedup_note() = std::string("scalar time / cpu time; cpu = ") + cpu::name();
     register_all();
-    ratio_reporter reporter(benchmark::CreateDefaultDisplayReporter());
-    benchmark::RunSpecifiedBenchmarks(&reporter);
-    benchmark::Shutdown();
-    return 0;
+    return hlwq_bench::run_main(argc, argv);
 }
