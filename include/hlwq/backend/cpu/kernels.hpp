@@ -200,6 +200,53 @@ struct kernels<backend::cpu<Arch>> {
         kernels<backend::scalar>::decode<Bits>(codes + i, n - i, centroids, scale, out + i);
     }
 
+    /// Σ a[i] b[i] with four independent accumulators.
+    static float dot(const float* a, const float* b, std::size_t n) noexcept {
+        batch acc[4] = {batch(0.0f), batch(0.0f), batch(0.0f), batch(0.0f)};
+        std::size_t i = 0;
+        for (; i + 4 * width <= n; i += 4 * width)
+            for (std::size_t u = 0; u < 4; ++u)
+                acc[u] = xsimd::fma(batch::load_unaligned(a + i + u * width), batch::load_unaligned(b + i + u * width), acc[u]);
+        for (; i + width <= n; i += width)
+            acc[0] = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), acc[0]);
+        float s = xsimd::hadd((acc[0] + acc[1]) + (acc[2] + acc[3]));
+        for (; i < n; ++i) s += a[i] * b[i];
+        return s;
+    }
+
+    /// Σ centroids[code_i] · x[i] over the n codes of one packed block (n <= 1024). AVX-512,
+    /// 4 bits: straight from the packed bytes — 16 bytes hold codes t and t+16 of a group,
+    /// a byte zero-extended to a lane is an index whose low nibble `permutexvar` reads (code
+    /// t) and whose high nibble a shift brings down (code t+16). Otherwise: unpack, look up
+    /// (in registers where decode can) and dot.
+    template <int Bits>
+    static float dot_codes(const std::uint8_t* packed, std::size_t n, const float* centroids, const float* x) noexcept {
+#if XSIMD_WITH_AVX512F
+        if constexpr (Bits == 4 && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            if (n % 32 == 0) {
+                alignas(64) float table[16];
+                std::copy_n(centroids, 16, table);
+                const __m512 t = _mm512_load_ps(table);
+                __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+                for (std::size_t g = 0; g < n / 32; ++g) {
+                    const __m512i bytes = _mm512_maskz_cvtepu8_epi32(
+                        0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + 16 * g)));
+                    const __m512 lo = _mm512_mask_permutexvar_ps(t, 0xFFFF, bytes, t);
+                    const __m512 hi = _mm512_mask_permutexvar_ps(t, 0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, bytes, 4), t);
+                    acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 32 * g), acc0);
+                    acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 * g + 16), acc1);
+                }
+                return xsimd::hadd(batch(_mm512_add_ps(acc0, acc1)));
+            }
+        }
+#endif
+        alignas(64) std::uint8_t codes[1024];
+        alignas(64) float values[1024];
+        unpack<Bits>(packed, n, codes);
+        decode<Bits>(codes, n, centroids, 1.0f, values);
+        return dot(values, x, n);
+    }
+
     /// Packs n codes (one per byte, < 2^Bits) in the packer<Bits> layout, a 64-bit word at
     /// a time (the mirror of unpack).
     template <int Bits>

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace hlwq {
 
@@ -50,6 +51,23 @@ struct kernels<backend::scalar> {
     template <int Bits>
     static void pack(const std::uint8_t* codes, std::size_t n, std::uint8_t* packed) {
         packer<Bits>::pack({codes, n}, {packed, packer<Bits>::packed_bytes(n)});
+    }
+
+    /// Σ a[i] b[i], summed in order.
+    static float dot(const float* a, const float* b, std::size_t n) noexcept {
+        float s = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) s += a[i] * b[i];
+        return s;
+    }
+
+    /// Σ centroids[code_i] · x[i] over the n codes packed at `packed` (one block).
+    template <int Bits>
+    static float dot_codes(const std::uint8_t* packed, std::size_t n, const float* centroids, const float* x) {
+        std::vector<std::uint8_t> codes(n);
+        unpack<Bits>(packed, n, codes.data());
+        float s = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) s += centroids[codes[i]] * x[i];
+        return s;
     }
 
     /// Unpacks n codes packed by packer<Bits> (packed_bytes(n) bytes) to one per byte.

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: MIT
+// Products on packed HLWQ weights, each beside its baselines from the same run:
+//
+//   matvec/...   16384 x 4096, one token, 2 threads. bytes = what the product reads (codes +
+//                norms for HLWQ, the matrix for dense); items = weights.
+//                  matvec/stream      a read of the PQ4 matrix's bytes (summing 64-bit words):
+//                                     the bandwidth bound, the x-baseline column
+//                  matvec/dense_f32, matvec/dense_bf16   dense matvec, same threads
+//                  matvec/PQ<b>       hlwq::matvec; "speedup" = dense_f32 time / its time
+//   matmul/...   4096 x 4096 times a batch of 8, 32, 128 tokens, one thread; items = flops
+//                (2 · rows · cols · batch); matmul/dense_f32/<n> is Eigen's product.
+#include <hlwq/matmul.hpp>
+
+#include <Eigen/Core>
+#include <benchmark/benchmark.h>
+
+#include "ratio.hpp"
+
+#include <bit>
+#include <map>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using hlwq_bench::add;
+
+constexpr std::size_t kRows = 16384, kCols = 4096;
+constexpr unsigned kThreads = 2;
+constexpr std::size_t kMmRows = 4096, kMmCols = 4096;
+
+std::vector<float> gaussian(std::size_t n, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d;
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+}
+
+const std::vector<float>& weights() {
+    static const std::vector<float> w = gaussian(kRows * kCols, 1);
+    return w;
+}
+
+const hlwq::quantized_matrix& quantized(int bits) {
+    static std::map<int, hlwq::quantized_matrix> cache;
+    auto it = cache.find(bits);
+    if (it == cache.end()) it = cache.emplace(bits, hlwq::quantize(weights(), kRows, kCols, bits)).first;
+    return it->second;
+}
+
+// Bandwidth bound: read `bytes` bytes on kThreads threads.
+void add_stream(std::size_t bytes) {
+    add({"matvec/stream", "matvec", bytes, 0, "", ""}, [bytes](benchmark::State& st) {
+        std::vector<std::uint64_t> buf(bytes / 8, 1);
+        std::vector<std::uint64_t> part(kThreads);
+        for (auto _ : st) {
+            hlwq::detail::parallel_for(buf.size(), kThreads, [&](std::size_t a, std::size_t b) {
+                std::uint64_t s = 0;
+                for (std::size_t i = a; i < b; ++i) s += buf[i];
+                part[a * kThreads / buf.size()] = s;
+            });
+            benchmark::DoNotOptimize(part.data());
+        }
+        st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * bytes));
+    });
+}
+
+float dot_bf16(const std::uint16_t* w, const float* x, std::size_t n) {
+    float s = 0;
+#if XSIMD_WITH_AVX512F
+    __m512 acc = _mm512_setzero_ps();
+    std::size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i h = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i)));
+        acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, h, 16)), _mm512_loadu_ps(x + i), acc);
+    }
+    s = xsimd::hadd(xsimd::batch<float, xsimd::avx512bw>(acc));
+    for (; i < n; ++i) s += std::bit_cast<float>(std::uint32_t{w[i]} << 16) * x[i];
+#else
+    for (std::size_t i = 0; i < n; ++i) s += std::bit_cast<float>(std::uint32_t{w[i]} << 16) * x[i];
+#endif
+    return s;
+}
+
+void add_dense_matvec() {
+    add({"matvec/dense_f32", "matvec", kRows * kCols * 4, kRows * kCols, "matvec/stream", ""}, [](benchmark::State& st) {
+        const auto& w = weights();
+        const auto x = gaussian(kCols, 2);
+        std::vector<float> y(kRows);
+        for (auto _ : st) {
+            hlwq::detail::parallel_for(kRows, kThreads, [&](std::size_t a, std::size_t b) {
+                for (std::size_t r = a; r < b; ++r)
+                    y[r] = hlwq::kernels<hlwq::default_backend>::dot(w.data() + r * kCols, x.data(), kCols);
+            });
+            benchmark::DoNotOptimize(y.data());
+        }
+        st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * kRows * kCols));
+        st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * kRows * kCols * 4));
+    });
+    add({"matvec/dense_bf16", "matvec", kRows * kCols * 2, kRows * kCols, "matvec/stream", "matvec/dense_f32"},
+        [](benchmark::State& st) {
+            std::vector<std::uint16_t> w;
+            for (float v : weights()) w.push_back(hlwq::bfloat16(v).bits);
+            const auto x = gaussian(kCols, 2);
+            std::vector<float> y(kRows);
+            for (auto _ : st) {
+                hlwq::detail::parallel_for(kRows, kThreads, [&](std::size_t a, std::size_t b) {
+                    for (std::size_t r = a; r < b; ++r) y[r] = dot_bf16(w.data() + r * kCols, x.data(), kCols);
+                });
+                benchmark::DoNotOptimize(y.data());
+            }
+            st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * kRows * kCols));
+            st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * kRows * kCols * 2));
+        });
+}
+
+void add_matvec(int bits) {
+    const std::size_t bytes = quantized(bits).storage_bytes();
+    add({"matvec/PQ" + std::to_string(bits), "matvec", bytes, kRows * kCols, "matvec/stream", "matvec/dense_f32"},
+        [bits, bytes](benchmark::State& st) {
+            const auto& q = quantized(bits);
+            const auto x = gaussian(kCols, 2);
+            std::vector<float> y(kRows);
+            for (auto _ : st) {
+                hlwq::matvec(q, x, y, kThreads);
+                benchmark::DoNotOptimize(y.data());
+            }
+            st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * kRows * kCols));
+            st.SetBytesProcessed(static_cast<std::int64_t>(st.iterations() * bytes));
+        });
+}
+
+const hlwq::quantized_matrix& mm_quantized(int bits) {
+    static std::map<int, hlwq::quantized_matrix> cache;
+    auto it = cache.find(bits);
+    if (it == cache.end())
+        it = cache.emplace(bits, hlwq::quantize(std::span(weights()).first(kMmRows * kMmCols), kMmRows, kMmCols, bits)).first;
+    return it->second;
+}
+
+void add_matmul(std::size_t n) {
+    const std::size_t flops = 2 * kMmRows * kMmCols * n;
+    const std::string dense = "matmul/dense_f32/" + std::to_string(n);
+    add({dense, "matmul", 0, flops, "", ""}, [n](benchmark::State& st) {
+        using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        const Eigen::Map<const M> w(weights().data(), kMmRows, kMmCols);
+        const auto xv = gaussian(n * kMmCols, 3);
+        const Eigen::Map<const M> x(xv.data(), static_cast<Eigen::Index>(n), kMmCols);
+        M y(static_cast<Eigen::Index>(n), kMmRows);
+        for (auto _ : st) {
+            y.noalias() = x * w.transpose();
+            benchmark::DoNotOptimize(y.data());
+        }
+        st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * 2 * kMmRows * kMmCols * n));
+    });
+    for (int bits : {2, 4, 8}) {
+        add({"matmul/PQ" + std::to_string(bits) + "/" + std::to_string(n), "matmul", 0, flops, "", dense},
+            [n, bits](benchmark::State& st) {
+                const auto& q = mm_quantized(bits);
+                const auto x = gaussian(n * kMmCols, 3);
+                std::vector<float> y(n * kMmRows);
+                for (auto _ : st) {
+                    hlwq::matmul(q, x, n, y, 1);
+                    benchmark::DoNotOptimize(y.data());
+                }
+                st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * 2 * kMmRows * kMmCols * n));
+            });
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    hlwq_bench::group_notes() = {
+        {"matvec", "16384 x 4096, 2 threads; bytes = bytes read (codes + norms, or the dense matrix); "
+                   "x memcpy column = time / time of streaming the PQ4 matrix's bytes"},
+        {"matmul", "4096 x 4096 x batch, 1 thread; items = flops (Mitems/s = MFLOP/s)"},
+    };
+    hlwq_bench::speedup_note() = "dense fp32 time / its time";
+    add_stream(quantized(4).storage_bytes());
+    add_dense_matvec();
+    for (int bits : {2, 3, 4, 5, 8}) add_matvec(bits);
+    for (std::size_t n : {8, 32, 128}) add_matmul(n);
+    return hlwq_bench::run_main(argc, argv);
+}

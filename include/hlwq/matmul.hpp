@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+/// @file matmul.hpp
+/// @brief Products with a quantized matrix that never expand it: `matvec` (one token,
+/// decode) and `matmul` (a batch of tokens, prefill).
+///
+/// The block rotation is orthogonal, so for a row block with codes c and norm n,
+/// ŵ·x = (n / B) · c[codes] · (H x). The activation is rotated once per block (shared by all
+/// rows); then each row costs a table lookup and a dot product on its codes. A random sign
+/// diagonal D, if the matrix has one, is folded into the rotation of x (H D x).
+#pragma once
+
+#include "backend/kernels.hpp"
+#include "detail/parallel.hpp"
+#include "quantize.hpp"
+#include "rotation.hpp"
+
+#include <cstddef>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace hlwq {
+
+namespace detail {
+
+/// Rotates each of `n` activation rows x[i][0..cols) block by block: xr[i][b][0..B) =
+/// H (D) x_b, zero-padding the last block. xr has n · blocks_per_row · block floats.
+template <class Backend>
+void rotate_activations(const quantized_matrix& q, const float* x, std::size_t n, float* xr) {
+    const std::size_t block = q.block, nb = q.blocks_per_row(), cols = q.cols;
+    std::optional<sign_diagonal> signs;
+    if (q.sign_seed) signs.emplace(*q.sign_seed, block);
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t b = 0; b < nb; ++b) {
+            float* dst = xr + (i * nb + b) * block;
+            const std::size_t c0 = b * block, len = std::min(block, cols - c0);
+            std::copy_n(x + i * cols + c0, len, dst);
+            std::fill(dst + len, dst + block, 0.0f);
+            if (signs) signs->apply({dst, block});
+            kernels<Backend>::fwht(dst, block);
+        }
+}
+
+/// y[r] for rows [r0, r1) of q against the rotated activations of `n` tokens:
+/// y[i * rows + r] = Σ_b (norm_rb / B) · dot_codes(codes_rb, xr[i][b]).
+template <int Bits, class Backend>
+void product_rows(const quantized_matrix& q, const float* xr, std::size_t n, float* y, std::size_t r0,
+                  std::size_t r1) {
+    using K = kernels<Backend>;
+    const std::size_t block = q.block, nb = q.blocks_per_row();
+    const float inv_block = 1.0f / static_cast<float>(block);
+    std::vector<std::uint8_t> codes(n > 1 ? block : 0);
+    std::vector<float> decoded(n > 1 ? block : 0);
+    for (std::size_t r = r0; r < r1; ++r) {
+        for (std::size_t i = 0; i < n; ++i) y[i * q.rows + r] = 0.0f;
+        for (std::size_t b = 0; b < nb; ++b) {
+            const float s = q.block_norm(r, b) * inv_block;
+            if (s == 0.0f) continue;
+            const std::uint8_t* packed = q.block_codes(r, b).data();
+            if (n == 1) {  // decode: straight from the packed codes
+                y[r] += s * K::template dot_codes<Bits>(packed, block, q.centroids.data(), xr + b * block);
+                continue;
+            }
+            // prefill: decode the block once into a small buffer, use it for every token
+            K::template unpack<Bits>(packed, block, codes.data());
+            K::template decode<Bits>(codes.data(), block, q.centroids.data(), 1.0f, decoded.data());
+            for (std::size_t i = 0; i < n; ++i)
+                y[i * q.rows + r] += s * K::dot(decoded.data(), xr + (i * nb + b) * block, block);
+        }
+    }
+}
+
+template <class Backend>
+void product(const quantized_matrix& q, std::span<const float> x, std::size_t n, std::span<float> y,
+             unsigned threads, const char* fn) {
+    check_quantized(q);
+    checked_size(n, q.cols, x.size(), fn);
+    checked_size(n, q.rows, y.size(), fn);
+    std::vector<float> xr(n * q.blocks_per_row() * q.block);
+    rotate_activations<Backend>(q, x.data(), n, xr.data());
+    with_bits(q.bits, [&]<int B>() {
+        parallel_for(q.rows, thread_count(threads, q.rows, rows_per_thread(q.cols)),
+                     [&](std::size_t r0, std::size_t r1) { product_rows<B, Backend>(q, xr.data(), n, y.data(), r0, r1); });
+    });
+}
+
+}  // namespace detail
+
+/// y = Ŵ x, with Ŵ = dequantize(q) (rows × cols), x of cols values, y of rows values;
+/// computed on the codes, without expanding Ŵ.
+/// @param threads worker threads over rows, 0 = all hardware threads.
+/// @throws std::invalid_argument if x or y has the wrong size, or q is inconsistent.
+template <class Backend = default_backend>
+void matvec(const quantized_matrix& q, std::span<const float> x, std::span<float> y, unsigned threads = 0,
+            Backend = {}) {
+    detail::product<Backend>(q, x, 1, y, threads, "hlwq::matvec");
+}
+
+/// Y = X Ŵᵀ for a batch of `n` tokens: X is n × cols (row-major, one token per row), Y is
+/// n × rows: each Y row is matvec of the X row, the layout of a linear layer. Each block of
+/// Ŵ is decoded once into a small buffer and used for all n tokens.
+/// @throws std::invalid_argument if X or Y has the wrong size, or q is inconsistent.
+template <class Backend = default_backend>
+void matmul(const quantized_matrix& q, std::span<const float> x, std::size_t n, std::span<float> y,
+            unsigned threads = 0, Backend = {}) {
+    detail::product<Backend>(q, x, n, y, threads, "hlwq::matmul");
+}
+
+}  // namespace hlwq
