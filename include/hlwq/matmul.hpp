@@ -53,16 +53,18 @@ void product_rows(const quantized_matrix& q, const float* xr, std::size_t n, flo
     const float inv_block = 1.0f / static_cast<float>(block);
     std::vector<std::uint8_t> codes(n > 1 ? block : 0);
     std::vector<float> decoded(n > 1 ? block : 0);
+    if (n == 1) {  // decode: straight from the packed codes, one row at a time
+        for (std::size_t r = r0; r < r1; ++r)
+            y[r] = K::template dot_row<Bits>(q.codes.data() + r * nb * q.block_bytes(), q.norms.data() + r * nb, nb, block,
+                                             q.centroids.data(), xr);
+        return;
+    }
     for (std::size_t r = r0; r < r1; ++r) {
         for (std::size_t i = 0; i < n; ++i) y[i * q.rows + r] = 0.0f;
         for (std::size_t b = 0; b < nb; ++b) {
             const float s = q.block_norm(r, b) * inv_block;
             if (s == 0.0f) continue;
             const std::uint8_t* packed = q.block_codes(r, b).data();
-            if (n == 1) {  // decode: straight from the packed codes
-                y[r] += s * K::template dot_codes<Bits>(packed, block, q.centroids.data(), xr + b * block);
-                continue;
-            }
             // prefill: decode the block once into a small buffer, use it for every token
             K::template unpack<Bits>(packed, block, codes.data());
             K::template decode<Bits>(codes.data(), block, q.centroids.data(), 1.0f, decoded.data());
@@ -81,6 +83,9 @@ void product(const quantized_matrix& q, std::span<const float> x, std::size_t n,
     std::vector<float> xr(n * q.blocks_per_row() * q.block);
     rotate_activations<Backend>(q, x.data(), n, xr.data());
     with_bits(q.bits, [&]<int B>() {
+        if (n == 1)  // the one-token path reads x in the order its kernel wants
+            for (std::size_t b = 0; b < q.blocks_per_row(); ++b)
+                kernels<Backend>::template order_activations<B>(xr.data() + b * q.block, q.block);
         parallel_for(q.rows, thread_count(threads, q.rows, rows_per_thread(q.cols)),
                      [&](std::size_t r0, std::size_t r1) { product_rows<B, Backend>(q, xr.data(), n, y.data(), r0, r1); });
     });

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "../../codebook.hpp"
+#include "../../float16.hpp"
 #include "../../packer.hpp"
 #include "../backend.hpp"
 #include "../scalar/kernels.hpp"
@@ -214,37 +215,130 @@ struct kernels<backend::cpu<Arch>> {
         return s;
     }
 
-    /// Σ centroids[code_i] · x[i] over the n codes of one packed block (n <= 1024). AVX-512,
-    /// 4 bits: straight from the packed bytes — 16 bytes hold codes t and t+16 of a group,
-    /// a byte zero-extended to a lane is an index whose low nibble `permutexvar` reads (code
-    /// t) and whose high nibble a shift brings down (code t+16). Otherwise: unpack, look up
-    /// (in registers where decode can) and dot.
+    /// Puts one block of rotated activations in the order dot_row<Bits> reads codes in: for
+    /// 2 and 3 bits on AVX-512, each 64 values become 4 slots × 16 lanes, lane l of slot j
+    /// holding value 8j + l (l < 8) or 32 + 8j + (l - 8), the codes one shift of 16 bytes of
+    /// a 2-bit plane yields. Identity otherwise.
     template <int Bits>
-    static float dot_codes(const std::uint8_t* packed, std::size_t n, const float* centroids, const float* x) noexcept {
+    static void order_activations(float* x, std::size_t block) noexcept {
 #if XSIMD_WITH_AVX512F
-        if constexpr (Bits == 4 && std::is_base_of_v<xsimd::avx512f, Arch>) {
-            if (n % 32 == 0) {
-                alignas(64) float table[16];
-                std::copy_n(centroids, 16, table);
-                const __m512 t = _mm512_load_ps(table);
+        if constexpr ((Bits == 2 || Bits == 3) && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            if (block % 64 != 0) return;
+            float chunk[64];
+            for (std::size_t p = 0; p < block; p += 64) {
+                std::copy_n(x + p, 64, chunk);
+                for (std::size_t j = 0; j < 4; ++j)
+                    for (std::size_t l = 0; l < 16; ++l) x[p + 16 * j + l] = chunk[l < 8 ? 8 * j + l : 24 + 8 * j + l];
+            }
+        }
+#endif
+        (void)x;
+        (void)block;
+    }
+
+    /// Σ_b (norms[b] / block) · Σ_i centroids[code_bi] · x[b·block + i]: one row of a
+    /// quantized matrix against rotated activations (`blocks` blocks of `block` packed codes,
+    /// block <= 1024). Each block's scale is folded into the centroid table (or the decoded
+    /// values), so one vector accumulator runs along the whole row and is reduced once.
+    /// AVX-512, 4 and 5 bits: straight from the packed bytes, with the centroid table in
+    /// registers — 16 bytes of a 4-bit plane hold codes t and t+16 of a group; a byte
+    /// zero-extended to a lane is an index whose low nibble `permutexvar` reads (code t) and
+    /// whose high nibble a shift brings down (code t+16); the 1-bit plane of 5 bits is a
+    /// lane mask that adds 16. Otherwise: unpack, decode (register lookups where decode has
+    /// them) and multiply-add.
+    template <int Bits>
+    static float dot_row(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
+                         const float* centroids, const float* x) noexcept {
+        const float inv_block = 1.0f / static_cast<float>(block);
+        const std::size_t block_bytes = block * Bits / 8;
+#if XSIMD_WITH_AVX512F
+        if constexpr ((Bits == 4 || Bits == 5) && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            if (block % 32 == 0) {
+                alignas(64) float table[32] = {};
+                std::copy_n(centroids, std::size_t{1} << Bits, table);
+                const __m512 t0 = _mm512_load_ps(table), t1 = _mm512_load_ps(table + 16);
+                const __m512i low4 = _mm512_set1_epi32(15), high = _mm512_set1_epi32(16);
                 __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-                for (std::size_t g = 0; g < n / 32; ++g) {
-                    const __m512i bytes = _mm512_maskz_cvtepu8_epi32(
-                        0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + 16 * g)));
-                    const __m512 lo = _mm512_mask_permutexvar_ps(t, 0xFFFF, bytes, t);
-                    const __m512 hi = _mm512_mask_permutexvar_ps(t, 0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, bytes, 4), t);
-                    acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 32 * g), acc0);
-                    acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 * g + 16), acc1);
+                for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes, x += block) {
+                    const __m512 s = _mm512_set1_ps(static_cast<float>(norms[b]) * inv_block);
+                    const __m512 s0 = _mm512_mul_ps(t0, s);
+                    const std::uint8_t* plane1 = codes + block / 2;  // 5 bits: the 1-bit plane
+                    for (std::size_t g = 0; g < block / 32; ++g) {
+                        const __m512i bytes = _mm512_maskz_cvtepu8_epi32(
+                            0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * g)));
+                        __m512 lo, hi;
+                        if constexpr (Bits == 4) {
+                            lo = _mm512_mask_permutexvar_ps(s0, 0xFFFF, bytes, s0);
+                            hi = _mm512_mask_permutexvar_ps(s0, 0xFFFF, _mm512_maskz_srli_epi32(0xFFFF, bytes, 4), s0);
+                        } else {
+                            const __m512 s1 = _mm512_mul_ps(t1, s);
+                            std::uint32_t word;
+                            std::memcpy(&word, plane1 + 4 * g, 4);
+                            __m512i ilo = _mm512_and_si512(bytes, low4);
+                            __m512i ihi = _mm512_maskz_srli_epi32(0xFFFF, bytes, 4);
+                            ilo = _mm512_mask_or_epi32(ilo, static_cast<__mmask16>(word), ilo, high);
+                            ihi = _mm512_mask_or_epi32(ihi, static_cast<__mmask16>(word >> 16), ihi, high);
+                            lo = _mm512_permutex2var_ps(s0, ilo, s1);
+                            hi = _mm512_permutex2var_ps(s0, ihi, s1);
+                        }
+                        acc0 = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + 32 * g), acc0);
+                        acc1 = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 32 * g + 16), acc1);
+                    }
                 }
                 return xsimd::hadd(batch(_mm512_add_ps(acc0, acc1)));
             }
         }
 #endif
-        alignas(64) std::uint8_t codes[1024];
+#if XSIMD_WITH_AVX512F
+        if constexpr ((Bits == 2 || Bits == 3) && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            if (block % 64 == 0) {
+                // x was put in the order order_activations() gives: lane l of slot j of a pair
+                // of groups holds code 8j + l (l < 8) or 32 + 8j + (l - 8).
+                alignas(64) float table[16];
+                for (int k = 0; k < 16; ++k) table[k] = centroids[k & ((1 << Bits) - 1)];  // 2 bits: the shifted index keeps higher bits
+                const __m512 t = _mm512_load_ps(table);
+                const __m512i low2 = _mm512_set1_epi32(3), bit2 = _mm512_set1_epi32(4);
+                __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+                for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes, x += block) {
+                    const __m512 st = _mm512_mul_ps(t, _mm512_set1_ps(static_cast<float>(norms[b]) * inv_block));
+                    const std::uint8_t* plane1 = codes + block / 4;  // 3 bits: the 1-bit plane
+                    for (std::size_t p = 0; p < block / 64; ++p) {
+                        const __m512i bytes = _mm512_maskz_cvtepu8_epi32(
+                            0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * p)));
+                        [[maybe_unused]] std::uint32_t w0 = 0, w1 = 0;
+                        if constexpr (Bits == 3) {
+                            std::memcpy(&w0, plane1 + 8 * p, 4);
+                            std::memcpy(&w1, plane1 + 8 * p + 4, 4);
+                        }
+                        for (int j = 0; j < 4; ++j) {
+                            __m512i idx = _mm512_maskz_srli_epi32(0xFFFF, bytes, static_cast<unsigned>(2 * j));
+                            if constexpr (Bits == 3) {
+                                const auto m = static_cast<__mmask16>(((w0 >> (8 * j)) & 0xFF) | (((w1 >> (8 * j)) & 0xFF) << 8));
+                                idx = _mm512_mask_or_epi32(_mm512_and_si512(idx, low2), m, _mm512_and_si512(idx, low2), bit2);
+                            }
+                            const __m512 v = _mm512_mask_permutexvar_ps(st, 0xFFFF, idx, st);
+                            if (j % 2 == 0) acc0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 64 * p + 16 * j), acc0);
+                            else acc1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + 64 * p + 16 * j), acc1);
+                        }
+                    }
+                }
+                return xsimd::hadd(batch(_mm512_add_ps(acc0, acc1)));
+            }
+        }
+#endif
+        alignas(64) std::uint8_t unpacked[1024];
         alignas(64) float values[1024];
-        unpack<Bits>(packed, n, codes);
-        decode<Bits>(codes, n, centroids, 1.0f, values);
-        return dot(values, x, n);
+        batch acc(0.0f);
+        float tail = 0.0f;
+        const std::size_t whole = block / width * width;
+        for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes, x += block) {
+            unpack<Bits>(codes, block, unpacked);
+            decode<Bits>(unpacked, block, centroids, static_cast<float>(norms[b]) * inv_block, values);
+            for (std::size_t i = 0; i < whole; i += width)
+                acc = xsimd::fma(batch::load_aligned(values + i), batch::load_unaligned(x + i), acc);
+            for (std::size_t i = whole; i < block; ++i) tail += values[i] * x[i];
+        }
+        return xsimd::hadd(acc) + tail;
     }
 
     /// Packs n codes (one per byte, < 2^Bits) in the packer<Bits> layout, a 64-bit word at

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "../../codebook.hpp"
+#include "../../float16.hpp"
 #include "../../packer.hpp"
 #include "../backend.hpp"
 
@@ -60,14 +61,25 @@ struct kernels<backend::scalar> {
         return s;
     }
 
-    /// Σ centroids[code_i] · x[i] over the n codes packed at `packed` (one block).
+    /// The order dot_row<Bits> reads activations in: the natural one.
     template <int Bits>
-    static float dot_codes(const std::uint8_t* packed, std::size_t n, const float* centroids, const float* x) {
-        std::vector<std::uint8_t> codes(n);
-        unpack<Bits>(packed, n, codes.data());
-        float s = 0.0f;
-        for (std::size_t i = 0; i < n; ++i) s += centroids[codes[i]] * x[i];
-        return s;
+    static void order_activations(float*, std::size_t) noexcept {}
+
+    /// Σ_b (norms[b] / block) · Σ_i centroids[code_bi] · x[b·block + i]: one row of a
+    /// quantized matrix (`blocks` blocks of `block` packed codes) against rotated activations.
+    template <int Bits>
+    static float dot_row(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
+                         const float* centroids, const float* x) {
+        std::vector<std::uint8_t> unpacked(block);
+        const float inv_block = 1.0f / static_cast<float>(block);
+        float row = 0.0f;
+        for (std::size_t b = 0; b < blocks; ++b, codes += packer<Bits>::packed_bytes(block), x += block) {
+            unpack<Bits>(codes, block, unpacked.data());
+            float s = 0.0f;
+            for (std::size_t i = 0; i < block; ++i) s += centroids[unpacked[i]] * x[i];
+            row += static_cast<float>(norms[b]) * inv_block * s;
+        }
+        return row;
     }
 
     /// Unpacks n codes packed by packer<Bits> (packed_bytes(n) bytes) to one per byte.
