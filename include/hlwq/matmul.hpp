@@ -43,34 +43,34 @@ void rotate_activations(const quantized_matrix& q, const float* x, std::size_t n
         }
 }
 
-/// y[r] for rows [r0, r1) of q against the rotated activations of `n` tokens:
-/// y[i * rows + r] = Σ_b (norm_rb / B) · dot_codes(codes_rb, xr[i][b]).
+/// Rows [r0, r1) of Y = X Ŵᵀ from the rotated activations xr of `n` tokens:
+/// y[i · rows + r] = Σ_b (norm_rb / B) · c[codes_rb] · xr[i][b].
 template <int Bits, class Backend>
 void product_rows(const quantized_matrix& q, const float* xr, std::size_t n, float* y, std::size_t r0,
                   std::size_t r1) {
     using K = kernels<Backend>;
     const std::size_t block = q.block, nb = q.blocks_per_row();
     const float inv_block = 1.0f / static_cast<float>(block);
-    std::vector<std::uint8_t> codes(n > 1 ? block : 0);
-    std::vector<float> decoded(n > 1 ? block : 0);
     if (n == 1) {  // decode: straight from the packed codes, one row at a time
         for (std::size_t r = r0; r < r1; ++r)
-            y[r] = K::template dot_row<Bits>(q.codes.data() + r * nb * q.block_bytes(), q.norms.data() + r * nb, nb, block,
-                                             q.centroids.data(), xr);
+            y[r] = K::template dot_row<Bits>(q.codes.data() + r * nb * q.block_bytes(), q.norms.data() + r * nb, nb,
+                                             block, q.centroids.data(), xr);
         return;
     }
-    for (std::size_t r = r0; r < r1; ++r) {
-        for (std::size_t i = 0; i < n; ++i) y[i * q.rows + r] = 0.0f;
-        for (std::size_t b = 0; b < nb; ++b) {
-            const float s = q.block_norm(r, b) * inv_block;
-            if (s == 0.0f) continue;
-            const std::uint8_t* packed = q.block_codes(r, b).data();
-            // prefill: decode the block once into a small buffer, use it for every token
-            K::template unpack<Bits>(packed, block, codes.data());
-            K::template decode<Bits>(codes.data(), block, q.centroids.data(), 1.0f, decoded.data());
-            for (std::size_t i = 0; i < n; ++i)
-                y[i * q.rows + r] += s * K::dot(decoded.data(), xr + (i * nb + b) * block, block);
-        }
+    // prefill: decode a tile of rows (scale folded in) once, use it for every token
+    constexpr std::size_t tile = 4;
+    const std::size_t len = nb * block;
+    std::vector<std::uint8_t> codes(block);
+    std::vector<float> decoded(tile * len);
+    for (std::size_t r = r0; r < r1; r += tile) {
+        const std::size_t rows = std::min(tile, r1 - r);
+        for (std::size_t t = 0; t < rows; ++t)
+            for (std::size_t b = 0; b < nb; ++b) {
+                K::template unpack<Bits>(q.block_codes(r + t, b).data(), block, codes.data());
+                K::template decode<Bits>(codes.data(), block, q.centroids.data(), q.block_norm(r + t, b) * inv_block,
+                                         decoded.data() + t * len + b * block);
+            }
+        K::dot_tile(decoded.data(), rows, xr, n, len, y + r, q.rows);
     }
 }
 

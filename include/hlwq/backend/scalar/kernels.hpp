@@ -61,6 +61,13 @@ struct kernels<backend::scalar> {
         return s;
     }
 
+    /// y[i·ldy + r] = dot(a[r·len ..], x[i·len ..]) for r < rows, i < n.
+    static void dot_tile(const float* a, std::size_t rows, const float* x, std::size_t n, std::size_t len, float* y,
+                         std::size_t ldy) noexcept {
+        for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t r = 0; r < rows; ++r) y[i * ldy + r] = dot(a + r * len, x + i * len, len);
+    }
+
     /// The order dot_row<Bits> reads activations in: the natural one.
     template <int Bits>
     static void order_activations(float*, std::size_t) noexcept {}
