@@ -95,7 +95,7 @@ void product(const quantized_matrix& q, std::span<const float> x, std::size_t n,
 
 /// y = Ŵ x, with Ŵ = dequantize(q) (rows × cols), x of cols values, y of rows values;
 /// computed on the codes, without expanding Ŵ.
-/// @param threads worker threads over rows, 0 = all hardware threads.
+/// Threads: workers over rows, 0 = all hardware threads.
 /// @throws std::invalid_argument if x or y has the wrong size, or q is inconsistent.
 template <class Backend = default_backend>
 void matvec(const quantized_matrix& q, std::span<const float> x, std::span<float> y, unsigned threads = 0,
