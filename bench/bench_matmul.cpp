@@ -44,6 +44,12 @@ const std::vector<float>& weights() {
     return w;
 }
 
+// Bytes an HLWQ matrix of kRows x kCols occupies (codes + fp16 norms, blocks of 128), known
+// without quantizing it.
+constexpr std::size_t stored_bytes(int bits) {
+    return kRows * (kCols / 128) * (128 * static_cast<std::size_t>(bits) / 8 + 2);
+}
+
 const hlwq::quantized_matrix& quantized(int bits) {
     static std::map<int, hlwq::quantized_matrix> cache;
     auto it = cache.find(bits);
@@ -118,10 +124,11 @@ void add_dense_matvec() {
 }
 
 void add_matvec(int bits) {
-    const std::size_t bytes = quantized(bits).storage_bytes();
+    const std::size_t bytes = stored_bytes(bits);
     add({"matvec/PQ" + std::to_string(bits), "matvec", bytes, kRows * kCols, "matvec/stream", "matvec/dense_f32"},
         [bits, bytes](benchmark::State& st) {
             const auto& q = quantized(bits);
+            if (q.storage_bytes() != bytes) st.SkipWithError("stored_bytes() disagrees with the matrix");
             const auto x = gaussian(kCols, 2);
             std::vector<float> y(kRows);
             for (auto _ : st) {
@@ -180,9 +187,9 @@ int main(int argc, char** argv) {
         {"matmul", "4096 x 4096 x batch, 1 thread; items = flops (Mitems/s = MFLOP/s)"},
     };
     hlwq_bench::speedup_note() = "dense fp32 time / its time";
-    add_stream(quantized(4).storage_bytes());
+    add_stream(stored_bytes(4));
     add_dense_matvec();
-    for (int bits : {2, 3, 4, 5, 8}) add_matvec(bits);
+    for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits);
     for (std::size_t n : {8, 32, 128}) add_matmul(n);
     return hlwq_bench::run_main(argc, argv);
 }
