@@ -52,6 +52,10 @@ TEST_CASE("matvec equals dequantize-then-dense, every width, odd shapes") {
             check_product(q, x, 1, y);
             hlwq::matvec(q, x, ys, 1, hlwq::backend::scalar{});
             check_product(q, x, 1, ys);
+#if XSIMD_WITH_AVX2  // the AVX2 kernels too, when this build can run them
+            hlwq::matvec(q, x, ys, 1, hlwq::backend::cpu<xsimd::avx2>{});
+            check_product(q, x, 1, ys);
+#endif
         }
     }
 }
@@ -73,6 +77,10 @@ TEST_CASE("matmul equals dequantize-then-dense for batches, threads and tails") 
             std::vector<float> ys(n * rows);
             hlwq::matmul(q, x, n, ys, 1, hlwq::backend::scalar{});
             check_product(q, x, n, ys);
+#if XSIMD_WITH_AVX2
+            hlwq::matmul(q, x, n, ys, 1, hlwq::backend::cpu<xsimd::avx2>{});
+            check_product(q, x, n, ys);
+#endif
         }
     }
 }
