@@ -273,8 +273,9 @@ struct kernels<backend::cpu<Arch>> {
     /// zero-extended to a lane is an index whose low nibble `permutexvar` reads (code t) and
     /// whose high nibble a shift brings down (code t+16); the 1-bit plane of 5 bits is a
     /// lane mask that adds 16. 2 and 3 bits read x in the order of order_activations(); 6 bits
-    /// look up 64 centroids in four registers. Otherwise (7 and 8 bits, other instruction
-    /// sets): unpack, decode (register lookups where decode has them) and multiply-add.
+    /// look up 64 centroids in four registers. AVX2, 2 to 4 bits: the same from 8 bytes at a
+    /// time with 8-entry permutes. Otherwise: unpack, decode (register lookups where decode
+    /// has them) and multiply-add.
     template <int Bits>
     static float dot_row(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
                          const float* centroids, const float* x) noexcept {
@@ -396,6 +397,65 @@ struct kernels<backend::cpu<Arch>> {
                     }
                 }
                 return xsimd::hadd(batch(_mm512_add_ps(acc0, acc1)));
+            }
+        }
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (Bits >= 2 && Bits <= 4 && std::is_base_of_v<xsimd::avx2, Arch>) {
+            if (block % 32 == 0) {
+                // 8 packed bytes zero-extended to 8 lanes. 2-bit plane: byte i holds codes
+                // i, i+8, i+16, i+24, so `>> 2j` gives codes 8j..8j+7 in order; the table
+                // repeats the 4 centroids and vpermps reads 3 index bits. 3 bits: byte j of
+                // the 1-bit plane, spread to a lane mask, adds 4. 4 bits: bytes i hold codes
+                // i and i+16; two 8-entry permutes and a blend on bit 3.
+                alignas(32) float table[16];
+                for (int k = 0; k < 16; ++k) table[k] = centroids[k & ((1 << Bits) - 1)];
+                const __m256 t0 = _mm256_load_ps(table), t1 = _mm256_load_ps(table + 8);
+                const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+                __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+                auto bytes8 = [](const std::uint8_t* p) {
+                    long long v;
+                    std::memcpy(&v, p, 8);
+                    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+                };
+                auto lookup16 = [](__m256 lo, __m256 hi, __m256i idx, __m256i bit3_in_sign) {
+                    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
+                                            _mm256_castsi256_ps(bit3_in_sign));
+                };
+                for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes, x += block) {
+                    const __m256 s = _mm256_set1_ps(static_cast<float>(norms[b]) * inv_block);
+                    const __m256 s0 = _mm256_mul_ps(t0, s), s1 = _mm256_mul_ps(t1, s);
+                    for (std::size_t g = 0; g < block / 32; ++g) {
+                        const float* xg = x + 32 * g;
+                        if constexpr (Bits == 4) {
+                            for (int h = 0; h < 2; ++h) {  // bytes 8h..8h+7: codes 8h+i and 16+8h+i
+                                const __m256i e = bytes8(codes + 16 * g + 8 * h);
+                                const __m256 lo = lookup16(s0, s1, e, _mm256_slli_epi32(e, 28));
+                                const __m256 hi = lookup16(s0, s1, _mm256_srli_epi32(e, 4), _mm256_slli_epi32(e, 24));
+                                acc0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg + 8 * h), acc0);
+                                acc1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xg + 16 + 8 * h), acc1);
+                            }
+                        } else {
+                            const __m256i e = bytes8(codes + 8 * g);
+                            [[maybe_unused]] std::uint32_t word = 0;
+                            if constexpr (Bits == 3) std::memcpy(&word, codes + block / 4 + 4 * g, 4);
+                            for (int j = 0; j < 4; ++j) {
+                                __m256i idx = _mm256_srli_epi32(e, 2 * j);
+                                if constexpr (Bits == 3) {
+                                    const __m256i m = _mm256_cmpeq_epi32(
+                                        _mm256_and_si256(_mm256_set1_epi32(static_cast<int>((word >> (8 * j)) & 0xFF)), lane_bit),
+                                        lane_bit);
+                                    idx = _mm256_or_si256(_mm256_and_si256(idx, _mm256_set1_epi32(3)),
+                                                          _mm256_and_si256(m, _mm256_set1_epi32(4)));
+                                }
+                                const __m256 v = _mm256_permutevar8x32_ps(s0, idx);
+                                if (j % 2 == 0) acc0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(xg + 8 * j), acc0);
+                                else acc1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(xg + 8 * j), acc1);
+                            }
+                        }
+                    }
+                }
+                return xsimd::hadd(batch(_mm256_add_ps(acc0, acc1)));
             }
         }
 #endif
