@@ -47,6 +47,7 @@
 #include "detail/parallel.hpp"
 #include "float16.hpp"
 #include "packer.hpp"
+#include "quantize.hpp"
 #include "rotation.hpp"
 
 #include <xsimd/xsimd.hpp>
@@ -446,17 +447,13 @@ struct hlwq_policy {
     /// Writes norm (fp16 bits, little endian) and the packed codes of H v / norm; as
     /// quantize() does for one block of d (an all-zero vector stores norm 0).
     static void store(const float* v, std::size_t d, std::uint8_t* rec) {
-        using K = kernels<Backend>;
         const double n = norm(v, d);
         const std::uint16_t n16 = half(static_cast<float>(n)).bits;
         std::memcpy(rec, &n16, sizeof n16);
         alignas(64) float y[max_rotation_size];
         std::uint8_t codes[max_rotation_size];
         std::copy_n(v, d, y);
-        K::fwht(y, d);
-        const float inv = n > 0 ? static_cast<float>(1.0 / n) : 0.0f;
-        K::template encode<Bits>(y, d, inv, codebook_type::boundaries.data(), codes);
-        K::template pack<Bits>(codes, d, rec + sizeof n16);
+        detail::encode_block<Bits, Backend>(y, d, n, codebook_type::boundaries.data(), codes, rec + sizeof n16);
     }
     /// buf = the centroids of the codes; the factor is norm / d.
     static float decode(const std::uint8_t* rec, std::size_t d, float* buf) {

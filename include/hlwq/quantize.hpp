@@ -108,10 +108,22 @@ inline std::size_t rows_per_thread(std::size_t cols) {
     return std::max<std::size_t>(1, (std::size_t{1} << 16) / std::max<std::size_t>(cols, 1));
 }
 
+/// Encodes one block of `block` values y (padded, signs applied; overwritten) whose L2 norm
+/// is `norm`: the codes of H y / norm under `boundaries`, packed into packed[0..block·Bits/8).
+/// `codes` is scratch for `block` codes. Weight blocks and KV-cache vectors both go through it.
+template <int Bits, class Backend>
+void encode_block(float* y, std::size_t block, double norm, const float* boundaries, std::uint8_t* codes,
+                  std::uint8_t* packed) {
+    using K = kernels<Backend>;
+    K::fwht(y, block);
+    const float inv = norm > 0 ? static_cast<float>(1.0 / norm) : 0.0f;
+    K::template encode<Bits>(y, block, inv, boundaries, codes);
+    K::template pack<Bits>(codes, block, packed);
+}
+
 template <int Bits, class Backend, weight_type T>
 void quantize_rows(const T* w, std::size_t cols, std::size_t r0, std::size_t r1,
                    const codebook_view& cb, const sign_diagonal* signs, quantized_matrix& q) {
-    using K = kernels<Backend>;
     const std::size_t block = q.block, nb = q.blocks_per_row(), bytes = q.block_bytes();
     std::vector<float> y(block);
     std::vector<std::uint8_t> codes(block);
@@ -138,10 +150,8 @@ void quantize_rows(const T* w, std::size_t cols, std::size_t r0, std::size_t r1,
                                             ", beyond the fp16 range of the stored norm");
             q.norms[r * nb + b] = norm16;
             if (signs) signs->apply(y);
-            K::fwht(y.data(), block);
-            const float inv = norm > 0 ? static_cast<float>(1.0 / norm) : 0.0f;
-            K::template encode<Bits>(y.data(), block, inv, cb.boundaries.data(), codes.data());
-            K::template pack<Bits>(codes.data(), block, q.codes.data() + (r * nb + b) * bytes);
+            encode_block<Bits, Backend>(y.data(), block, norm, cb.boundaries.data(), codes.data(),
+                                        q.codes.data() + (r * nb + b) * bytes);
         }
     }
 }
