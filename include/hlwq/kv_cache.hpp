@@ -121,14 +121,6 @@ concept kv_policy = requires(const float* v, float* x, std::uint8_t* rec, const 
 
 namespace detail {
 
-/// Whether `Backend` is backend::cpu on an AVX-512 architecture.
-template <class Backend>
-struct is_avx512_cpu : std::false_type {};
-#if XSIMD_WITH_AVX512F
-template <class Arch>
-struct is_avx512_cpu<backend::cpu<Arch>> : std::bool_constant<std::is_base_of_v<xsimd::avx512f, Arch>> {};
-#endif
-
 /// Σ a[i]·b[i] for i < n, with two register accumulators.
 inline float kv_dot(const float* a, const float* b, std::size_t n) noexcept {
     using batch = xsimd::batch<float>;
@@ -282,66 +274,6 @@ inline float kv_softmax(float* s, std::size_t n, std::optional<float> softcap) n
     return total;
 }
 
-/// out[i] = centroids[code i] for d codes packed by packer<Bits>. AVX-512, 2..4 bits, d a
-/// multiple of 32: straight from the packed planes into registers, the codes' low bits
-/// indexing a 16-entry table with one permute (no unpacked bytes in between). Otherwise the
-/// backend's unpack and decode.
-template <int Bits, class Backend>
-void kv_decode_codes(const std::uint8_t* packed, std::size_t d, const float* centroids, float* out) {
-#if XSIMD_WITH_AVX512F
-    if constexpr (Bits >= 2 && Bits <= 4 && is_avx512_cpu<Backend>::value) {
-        if (d % 32 == 0) {
-            const std::size_t groups = d / 32;
-            constexpr __mmask16 all = 0xFFFF;
-            if constexpr (Bits == 4) {
-                // Byte i of a group = c_i | c_{i+16} << 4; the permute reads index bits 0..3.
-                const __m512 t = _mm512_loadu_ps(centroids);
-                for (std::size_t g = 0; g < groups; ++g) {
-                    const __m512i b = _mm512_maskz_cvtepu8_epi32(
-                        all, _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + 16 * g)));
-                    _mm512_storeu_ps(out + 32 * g, _mm512_maskz_permutexvar_ps(all, b, t));
-                    _mm512_storeu_ps(out + 32 * g + 16,
-                                     _mm512_maskz_permutexvar_ps(all, _mm512_maskz_srli_epi32(all, b, 4), t));
-                }
-            } else {
-                // 2-bit plane, byte i = c_i | c_{i+8} << 2 | c_{i+16} << 4 | c_{i+24} << 6: the
-                // group's 8 bytes twice in 16 lanes, shifted by 0/2 (codes 0..15) or 4/6
-                // (16..31). Bits above the code's two stay in the index, so the table repeats
-                // every 4 entries. For 3 bits, the 1-bit plane (a 32-bit lane mask) becomes
-                // index bit 2 (bits 0..1 kept, bit 3 ignored: the table repeats every 8).
-                alignas(64) float table[16];
-                for (int k = 0; k < 16; ++k) table[k] = centroids[k & ((1 << Bits) - 1)];
-                const __m512 t = _mm512_load_ps(table);
-                const __m512i sh0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-                const __m512i sh1 = _mm512_add_epi32(sh0, _mm512_set1_epi32(4));
-                [[maybe_unused]] const __m512i three = _mm512_set1_epi32(3), four = _mm512_set1_epi32(4);
-                [[maybe_unused]] const std::uint8_t* plane1 = packed + 8 * groups;
-                for (std::size_t g = 0; g < groups; ++g) {
-                    long long eight;
-                    std::memcpy(&eight, packed + 8 * g, 8);
-                    const __m512i b = _mm512_maskz_cvtepu8_epi32(all, _mm_set1_epi64x(eight));
-                    __m512i k0 = _mm512_maskz_srlv_epi32(all, b, sh0);
-                    __m512i k1 = _mm512_maskz_srlv_epi32(all, b, sh1);
-                    if constexpr (Bits == 3) {
-                        std::uint32_t high;
-                        std::memcpy(&high, plane1 + 4 * g, 4);
-                        // (k & 3) | (4 where the lane's high bit is set): 0xEA is (A & B) | C.
-                        k0 = _mm512_ternarylogic_epi32(k0, three, _mm512_maskz_mov_epi32(static_cast<__mmask16>(high), four), 0xEA);
-                        k1 = _mm512_ternarylogic_epi32(k1, three, _mm512_maskz_mov_epi32(static_cast<__mmask16>(high >> 16), four), 0xEA);
-                    }
-                    _mm512_storeu_ps(out + 32 * g, _mm512_maskz_permutexvar_ps(all, k0, t));
-                    _mm512_storeu_ps(out + 32 * g + 16, _mm512_maskz_permutexvar_ps(all, k1, t));
-                }
-            }
-            return;
-        }
-    }
-#endif
-    std::uint8_t codes[max_rotation_size];
-    kernels<Backend>::template unpack<Bits>(packed, d, codes);
-    kernels<Backend>::template decode<Bits>(codes, d, centroids, 1.0f, out);
-}
-
 /// Why v[0..d) cannot be stored as T (a value that is NaN, infinite or beyond T's range), or
 /// nothing.
 template <class T>
@@ -459,7 +391,7 @@ struct hlwq_policy {
     static float decode(const std::uint8_t* rec, std::size_t d, float* buf) {
         std::uint16_t n16;
         std::memcpy(&n16, rec, sizeof n16);
-        detail::kv_decode_codes<Bits, Backend>(rec + sizeof n16, d, codebook_type::centroids.data(), buf);
+        kernels<Backend>::template decode_packed<Bits>(rec + sizeof n16, d, codebook_type::centroids.data(), buf);
         return half::to_float(n16) / static_cast<float>(d);  // exact: d is a power of two
     }
     /// x = H x, the unnormalized WHT (symmetric; H H = d I, the 1/d is in decode's factor).

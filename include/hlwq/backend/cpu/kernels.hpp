@@ -474,6 +474,66 @@ struct kernels<backend::cpu<Arch>> {
         return xsimd::hadd(acc) + tail;
     }
 
+    /// out[i] = centroids[code i] for d <= 1024 codes packed by packer<Bits>. AVX-512, 2..4
+    /// bits, d a multiple of 32: straight from the packed planes into registers, the codes'
+    /// low bits indexing a 16-entry table with one permute (no unpacked bytes in between).
+    /// Otherwise unpack, then decode.
+    template <int Bits>
+    static void decode_packed(const std::uint8_t* packed, std::size_t d, const float* centroids, float* out) noexcept {
+#if XSIMD_WITH_AVX512F
+        if constexpr (Bits >= 2 && Bits <= 4 && std::is_base_of_v<xsimd::avx512f, Arch>) {
+            if (d % 32 == 0) {
+                const std::size_t groups = d / 32;
+                constexpr __mmask16 all = 0xFFFF;
+                if constexpr (Bits == 4) {
+                    // Byte i of a group = c_i | c_{i+16} << 4; the permute reads index bits 0..3.
+                    const __m512 t = _mm512_loadu_ps(centroids);
+                    for (std::size_t g = 0; g < groups; ++g) {
+                        const __m512i b = _mm512_maskz_cvtepu8_epi32(
+                            all, _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + 16 * g)));
+                        _mm512_storeu_ps(out + 32 * g, _mm512_maskz_permutexvar_ps(all, b, t));
+                        _mm512_storeu_ps(out + 32 * g + 16,
+                                         _mm512_maskz_permutexvar_ps(all, _mm512_maskz_srli_epi32(all, b, 4), t));
+                    }
+                } else {
+                    // 2-bit plane, byte i = c_i | c_{i+8} << 2 | c_{i+16} << 4 | c_{i+24} << 6: the
+                    // group's 8 bytes twice in 16 lanes, shifted by 0/2 (codes 0..15) or 4/6
+                    // (16..31). Bits above the code's two stay in the index, so the table repeats
+                    // every 4 entries. For 3 bits, the 1-bit plane (a 32-bit lane mask) becomes
+                    // index bit 2 (bits 0..1 kept, bit 3 ignored: the table repeats every 8).
+                    alignas(64) float table[16];
+                    for (int k = 0; k < 16; ++k) table[k] = centroids[k & ((1 << Bits) - 1)];
+                    const __m512 t = _mm512_load_ps(table);
+                    const __m512i sh0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+                    const __m512i sh1 = _mm512_add_epi32(sh0, _mm512_set1_epi32(4));
+                    [[maybe_unused]] const __m512i three = _mm512_set1_epi32(3), four = _mm512_set1_epi32(4);
+                    [[maybe_unused]] const std::uint8_t* plane1 = packed + 8 * groups;
+                    for (std::size_t g = 0; g < groups; ++g) {
+                        long long eight;
+                        std::memcpy(&eight, packed + 8 * g, 8);
+                        const __m512i b = _mm512_maskz_cvtepu8_epi32(all, _mm_set1_epi64x(eight));
+                        __m512i k0 = _mm512_maskz_srlv_epi32(all, b, sh0);
+                        __m512i k1 = _mm512_maskz_srlv_epi32(all, b, sh1);
+                        if constexpr (Bits == 3) {
+                            std::uint32_t high;
+                            std::memcpy(&high, plane1 + 4 * g, 4);
+                            // (k & 3) | (4 where the lane's high bit is set): 0xEA is (A & B) | C.
+                            k0 = _mm512_ternarylogic_epi32(k0, three, _mm512_maskz_mov_epi32(static_cast<__mmask16>(high), four), 0xEA);
+                            k1 = _mm512_ternarylogic_epi32(k1, three, _mm512_maskz_mov_epi32(static_cast<__mmask16>(high >> 16), four), 0xEA);
+                        }
+                        _mm512_storeu_ps(out + 32 * g, _mm512_maskz_permutexvar_ps(all, k0, t));
+                        _mm512_storeu_ps(out + 32 * g + 16, _mm512_maskz_permutexvar_ps(all, k1, t));
+                    }
+                }
+                return;
+            }
+        }
+#endif
+        alignas(64) std::uint8_t codes[1024];
+        unpack<Bits>(packed, d, codes);
+        decode<Bits>(codes, d, centroids, 1.0f, out);
+    }
+
     /// Packs n codes (one per byte, < 2^Bits) in the packer<Bits> layout, a 64-bit word at
     /// a time (the mirror of unpack).
     template <int Bits>

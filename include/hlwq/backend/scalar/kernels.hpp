@@ -48,6 +48,14 @@ struct kernels<backend::scalar> {
         for (std::size_t i = 0; i < n; ++i) out[i] = centroids[codes[i]] * scale;
     }
 
+    /// out[i] = centroids[code i] for n codes packed by packer<Bits> (unpack, then decode).
+    template <int Bits>
+    static void decode_packed(const std::uint8_t* packed, std::size_t n, const float* centroids, float* out) {
+        std::vector<std::uint8_t> codes(n);
+        unpack<Bits>(packed, n, codes.data());
+        decode<Bits>(codes.data(), n, centroids, 1.0f, out);
+    }
+
     /// Packs n codes (one per byte, each < 2^Bits) with packer<Bits> into packed_bytes(n) bytes.
     template <int Bits>
     static void pack(const std::uint8_t* codes, std::size_t n, std::uint8_t* packed) {
