@@ -28,7 +28,7 @@ namespace detail {
 /// Rotates each of `n` activation rows x[i][0..cols) block by block: xr[i][b][0..B) =
 /// H (D) x_b, zero-padding the last block. xr has n · blocks_per_row · block floats.
 template <class Backend>
-void rotate_activations(const quantized_matrix& q, const float* x, std::size_t n, float* xr) {
+void rotate_activations(const quantized_view& q, const float* x, std::size_t n, float* xr) {
     const std::size_t block = q.block, nb = q.blocks_per_row(), cols = q.cols;
     std::optional<sign_diagonal> signs;
     if (q.sign_seed) signs.emplace(*q.sign_seed, block);
@@ -46,7 +46,7 @@ void rotate_activations(const quantized_matrix& q, const float* x, std::size_t n
 /// Rows [r0, r1) of Y = X Ŵᵀ from the rotated activations xr of `n` tokens:
 /// y[i · rows + r] = Σ_b (norm_rb / B) · c[codes_rb] · xr[i][b].
 template <int Bits, class Backend>
-void product_rows(const quantized_matrix& q, const float* xr, std::size_t n, float* y, std::size_t r0,
+void product_rows(const quantized_view& q, const float* xr, std::size_t n, float* y, std::size_t r0,
                   std::size_t r1) {
     using K = kernels<Backend>;
     const std::size_t block = q.block, nb = q.blocks_per_row();
@@ -75,7 +75,7 @@ void product_rows(const quantized_matrix& q, const float* xr, std::size_t n, flo
 }
 
 template <class Backend>
-void product(const quantized_matrix& q, std::span<const float> x, std::size_t n, std::span<float> y,
+void product(const quantized_view& q, std::span<const float> x, std::size_t n, std::span<float> y,
              unsigned threads, const char* fn) {
     check_quantized(q);
     checked_size(n, q.cols, x.size(), fn);
@@ -98,7 +98,7 @@ void product(const quantized_matrix& q, std::span<const float> x, std::size_t n,
 /// Threads: workers over rows, 0 = all hardware threads.
 /// @throws std::invalid_argument if x or y has the wrong size, or q is inconsistent.
 template <class Backend = default_backend>
-void matvec(const quantized_matrix& q, std::span<const float> x, std::span<float> y, unsigned threads = 0,
+void matvec(const quantized_view& q, std::span<const float> x, std::span<float> y, unsigned threads = 0,
             Backend = {}) {
     detail::product<Backend>(q, x, 1, y, threads, "hlwq::matvec");
 }
@@ -108,7 +108,7 @@ void matvec(const quantized_matrix& q, std::span<const float> x, std::span<float
 /// Ŵ is decoded once into a small buffer and used for all n tokens.
 /// @throws std::invalid_argument if X or Y has the wrong size, or q is inconsistent.
 template <class Backend = default_backend>
-void matmul(const quantized_matrix& q, std::span<const float> x, std::size_t n, std::span<float> y,
+void matmul(const quantized_view& q, std::span<const float> x, std::size_t n, std::span<float> y,
             unsigned threads = 0, Backend = {}) {
     detail::product<Backend>(q, x, n, y, threads, "hlwq::matmul");
 }

@@ -56,38 +56,71 @@ struct quantize_options {
     std::optional<std::uint64_t> sign_seed = std::nullopt;
 };
 
-/// A quantized matrix: packed codes, one fp16 norm per block, and what is needed to decode.
-struct quantized_matrix {
+/// A read-only view of a quantized matrix whose codes and norms live elsewhere: in a
+/// quantized_matrix, or in a memory-mapped checkpoint (see io/hlwq_format.hpp). Everything
+/// that only reads a quantized matrix (dequantize, matvec, matmul) takes this view.
+struct quantized_view {
     std::size_t rows = 0;   ///< rows of the original matrix
     std::size_t cols = 0;   ///< columns of the original matrix
     int bits = 0;           ///< code width, 1..8
     std::size_t block = 0;  ///< columns per block
     std::optional<std::uint64_t> sign_seed = std::nullopt;  ///< seed of D, if the rotation is H·D
-    std::vector<float> centroids;            ///< the 2^bits centroids codes index
-    std::vector<std::uint8_t> codes;  ///< rows × blocks_per_row() blocks of block_bytes() bytes
-    std::vector<half> norms;          ///< rows × blocks_per_row() block L2 norms
+    std::span<const float> centroids;      ///< the 2^bits centroids codes index
+    std::span<const std::uint8_t> codes;   ///< rows × blocks_per_row() blocks of block_bytes() bytes
+    std::span<const half> norms;           ///< rows × blocks_per_row() block L2 norms
 
     /// Blocks per row, ceil(cols / block).
     std::size_t blocks_per_row() const noexcept { return block ? (cols + block - 1) / block : 0; }
     /// Packed bytes of one block: block · bits / 8.
     std::size_t block_bytes() const noexcept { return block * static_cast<std::size_t>(bits) / 8; }
     /// Bytes of codes and norms together.
-    std::size_t storage_bytes() const noexcept {
-        return codes.size() + norms.size() * sizeof(half);
-    }
+    std::size_t storage_bytes() const noexcept { return codes.size() + norms.size() * sizeof(half); }
     /// Stored bits per original weight, norms included (bits + 16/block when cols fills blocks).
     double bits_per_weight() const noexcept {
         return rows * cols != 0 ? 8.0 * static_cast<double>(storage_bytes()) / static_cast<double>(rows * cols)
-                           : 0.0;
+                                : 0.0;
     }
     /// Packed codes of block b of row r.
     std::span<const std::uint8_t> block_codes(std::size_t r, std::size_t b) const noexcept {
-        return std::span(codes).subspan((r * blocks_per_row() + b) * block_bytes(), block_bytes());
+        return codes.subspan((r * blocks_per_row() + b) * block_bytes(), block_bytes());
     }
     /// Stored norm of block b of row r.
     float block_norm(std::size_t r, std::size_t b) const noexcept {
         return static_cast<float>(norms[r * blocks_per_row() + b]);
     }
+};
+
+/// A quantized matrix that owns its packed codes, fp16 block norms and codebook. It converts
+/// to a quantized_view, which is what the functions reading it take.
+struct quantized_matrix {
+    std::size_t rows = 0;   ///< rows of the original matrix
+    std::size_t cols = 0;   ///< columns of the original matrix
+    int bits = 0;           ///< code width, 1..8
+    std::size_t block = 0;  ///< columns per block
+    std::optional<std::uint64_t> sign_seed = std::nullopt;  ///< seed of D, if the rotation is H·D
+    std::vector<float> centroids;     ///< the 2^bits centroids codes index
+    std::vector<std::uint8_t> codes;  ///< rows × blocks_per_row() blocks of block_bytes() bytes
+    std::vector<half> norms;          ///< rows × blocks_per_row() block L2 norms
+
+    /// A view of this matrix (valid while it lives and is not resized).
+    quantized_view view() const noexcept { return {rows, cols, bits, block, sign_seed, centroids, codes, norms}; }
+    /// Implicit: a quantized_matrix can be passed wherever a quantized_view is read.
+    operator quantized_view() const noexcept { return view(); }  // NOLINT(google-explicit-constructor)
+
+    /// Blocks per row, ceil(cols / block).
+    std::size_t blocks_per_row() const noexcept { return view().blocks_per_row(); }
+    /// Packed bytes of one block: block · bits / 8.
+    std::size_t block_bytes() const noexcept { return view().block_bytes(); }
+    /// Bytes of codes and norms together.
+    std::size_t storage_bytes() const noexcept { return view().storage_bytes(); }
+    /// Stored bits per original weight, norms included.
+    double bits_per_weight() const noexcept { return view().bits_per_weight(); }
+    /// Packed codes of block b of row r.
+    std::span<const std::uint8_t> block_codes(std::size_t r, std::size_t b) const noexcept {
+        return view().block_codes(r, b);
+    }
+    /// Stored norm of block b of row r.
+    float block_norm(std::size_t r, std::size_t b) const noexcept { return view().block_norm(r, b); }
 };
 
 namespace detail {
@@ -157,7 +190,7 @@ void quantize_rows(const T* w, std::size_t cols, std::size_t r0, std::size_t r1,
 }
 
 template <int Bits, class Backend>
-void dequantize_rows(const quantized_matrix& q, std::size_t r0, std::size_t r1, float* out) {
+void dequantize_rows(const quantized_view& q, std::size_t r0, std::size_t r1, float* out) {
     using K = kernels<Backend>;
     const std::size_t block = q.block, nb = q.blocks_per_row(), cols = q.cols;
     std::optional<sign_diagonal> signs;
@@ -235,7 +268,7 @@ quantized_matrix quantize(const R& w, std::size_t rows, std::size_t cols,
 /// Checks that q is self-consistent (sizes of codes, norms and centroids agree with its
 /// shape, bits and block).
 /// @throws std::invalid_argument naming the first inconsistency.
-inline void check_quantized(const quantized_matrix& q) {
+inline void check_quantized(const quantized_view& q) {
     check_bits(q.bits);
     check_rotation_size(q.block, "block size");
     if (q.centroids.size() != (std::size_t{1} << q.bits))
@@ -255,7 +288,7 @@ inline void check_quantized(const quantized_matrix& q) {
 /// Dequantizes q into the row-major rows × cols buffer `out`.
 /// @throws std::invalid_argument if out.size() != rows·cols or q is inconsistent.
 template <class Backend = default_backend>
-void dequantize(const quantized_matrix& q, std::span<float> out, unsigned threads = 0, Backend = {}) {
+void dequantize(const quantized_view& q, std::span<float> out, unsigned threads = 0, Backend = {}) {
     check_quantized(q);
     detail::checked_size(q.rows, q.cols, out.size(), "hlwq::dequantize");
     with_bits(q.bits, [&]<int B>() {
@@ -270,7 +303,7 @@ void dequantize(const quantized_matrix& q, std::span<float> out, unsigned thread
 /// building block of on-the-fly dequantizing matmuls.
 /// @throws std::invalid_argument if out.size() is not a multiple of cols or the rows overrun q.
 template <class Backend = default_backend>
-void dequantize_rows(const quantized_matrix& q, std::size_t first, std::span<float> out, Backend = {}) {
+void dequantize_rows(const quantized_view& q, std::size_t first, std::span<float> out, Backend = {}) {
     check_quantized(q);
     if (q.cols == 0 || out.size() % q.cols != 0 || first + out.size() / q.cols > q.rows)
         throw std::invalid_argument("hlwq::dequantize_rows: " + std::to_string(out.size()) +
@@ -284,7 +317,7 @@ void dequantize_rows(const quantized_matrix& q, std::size_t first, std::span<flo
 
 /// Dequantizes q into a new rows × cols vector.
 template <class Backend = default_backend>
-std::vector<float> dequantize(const quantized_matrix& q, unsigned threads = 0, Backend backend = {}) {
+std::vector<float> dequantize(const quantized_view& q, unsigned threads = 0, Backend backend = {}) {
     std::vector<float> out(q.rows * q.cols);
     dequantize(q, std::span<float>(out), threads, backend);
     return out;
