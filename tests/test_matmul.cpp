@@ -4,7 +4,9 @@
 
 #include "test_data.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <vector>
 
@@ -111,4 +113,173 @@ TEST_CASE("products: bad sizes are rejected") {
     auto broken = q;
     broken.norms.pop_back();
     CHECK_THROWS_AS(hlwq::matvec(broken, x, y), std::invalid_argument);
+}
+
+namespace {
+
+// The int8 product written out in double from its definition: the integer table, the int8
+// activations (both from the library's own rounding functions, checked separately below) and
+// the exact integer block sums. Returns {y, mass}, mass = Σ_b |norm_b · scale_b| · Σ_i |t·q|:
+// a kernel that sums m float terms in any order is within about m · 2^-24 · mass of y.
+struct int8_reference {
+    std::vector<double> y, mass;
+};
+
+template <int Bits>
+int8_reference int8_product_in_double(const hlwq::quantized_matrix& q, const std::vector<float>& x) {
+    const std::size_t nb = q.blocks_per_row(), B = q.block;
+    std::vector<float> xr(nb * B);
+    hlwq::detail::rotate_activations<hlwq::backend::scalar>(q, x.data(), 1, xr.data());
+    const auto table = hlwq::detail::make_int_table<Bits>(q.centroids);
+    const auto a = hlwq::detail::quantize_activations(xr.data(), nb, B, table.step);
+    int8_reference ref{std::vector<double>(q.rows), std::vector<double>(q.rows)};
+    std::vector<std::uint8_t> codes(B);
+    for (std::size_t r = 0; r < q.rows; ++r)
+        for (std::size_t b = 0; b < nb; ++b) {
+            hlwq::packer<Bits>::unpack(q.block_codes(r, b), codes);
+            long long dot = 0, abs_dot = 0;
+            for (std::size_t i = 0; i < B; ++i) {
+                const long long p = static_cast<long long>(table.values[codes[i]]) * a.q[b * B + i];
+                dot += p;
+                abs_dot += p < 0 ? -p : p;
+            }
+            const double s = double(q.block_norm(r, b)) * a.scale[b];
+            ref.y[r] += s * double(dot);
+            ref.mass[r] += std::abs(s) * double(abs_dot);
+        }
+    return ref;
+}
+
+template <int Bits, class Backend>
+void check_int8_kernel(const hlwq::quantized_matrix& q, const std::vector<float>& x, Backend backend) {
+    const auto ref = int8_product_in_double<Bits>(q, x);
+    std::vector<float> y(q.rows);
+    hlwq::matvec(q, x, y, {.threads = 2, .activations = hlwq::activation_precision::int8}, backend);
+    // Float terms summed by any kernel: blocks, 16 SIMD lanes, the per-block scale product.
+    const double terms = double(q.blocks_per_row()) + 24;
+    for (std::size_t r = 0; r < q.rows; ++r) {
+        CAPTURE(r);
+        CHECK(std::abs(y[r] - ref.y[r]) <= terms * 0x1p-24 * ref.mass[r] + 1e-30);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("int8 activations: the integer rounding of the table and the activations") {
+    const auto c = hlwq::lloyd_max_view(4).centroids;
+    const auto t = hlwq::detail::make_int_table<4>(c);
+    float largest = 0;
+    for (float v : c) largest = std::max(largest, std::abs(v));
+    CHECK(t.step == largest / 127);
+    for (std::size_t k = 0; k < c.size(); ++k) {
+        CHECK(std::abs(t.values[k]) <= 127);
+        CHECK(std::abs(c[k] - t.step * t.values[k]) <= 0.5f * t.step * (1 + 1e-6f));
+    }
+    CHECK(hlwq::detail::make_int_table<8>(hlwq::lloyd_max_view(8).centroids).values[255] == 32767);
+
+    const auto x = gaussian(256, 5);
+    const float step = 0.25f;
+    const auto a = hlwq::detail::quantize_activations(x.data(), 2, 128, step);
+    for (std::size_t b = 0; b < 2; ++b) {
+        float m = 0;
+        std::int32_t sum = 0;
+        for (std::size_t i = 0; i < 128; ++i) m = std::max(m, std::abs(x[b * 128 + i]));
+        for (std::size_t i = 0; i < 128; ++i) {
+            const float d = m / 127;
+            CHECK(std::abs(x[b * 128 + i] - d * a.q[b * 128 + i]) <= 0.5f * d * (1 + 1e-5f));
+            sum += a.q[b * 128 + i];
+        }
+        CHECK(a.sum[b] == sum);
+        CHECK(a.scale[b] == doctest::Approx(m / 127 * step / 128).epsilon(1e-6));
+    }
+    const std::vector<float> zeros(128, 0.0f);
+    const auto z = hlwq::detail::quantize_activations(zeros.data(), 1, 128, step);
+    CHECK(z.scale[0] == 0.0f);
+    CHECK(z.sum[0] == 0);
+}
+
+TEST_CASE("int8 activations: every kernel computes the exact integer block sums") {
+    struct shape {
+        std::size_t rows, cols, block;
+    };
+    for (const shape s : {shape{37, 300, 128}, shape{16, 1024, 128}, shape{9, 64, 64}, shape{5, 100, 32},
+                          shape{7, 2048, 256}, shape{3, 33, 16}, shape{4, 1024, 1024}}) {
+        CAPTURE(s.rows);
+        CAPTURE(s.cols);
+        CAPTURE(s.block);
+        const auto w = gaussian(s.rows * s.cols, static_cast<unsigned>(s.cols) + 1);
+        const auto x = gaussian(s.cols, 78);
+        hlwq::for_each_bits([&]<int B>() {
+            CAPTURE(B);
+            const auto q = hlwq::quantize<B>(w, s.rows, s.cols, {.block = s.block});
+            check_int8_kernel<B>(q, x, hlwq::default_backend{});
+            check_int8_kernel<B>(q, x, hlwq::backend::scalar{});
+#if XSIMD_WITH_AVX2
+            check_int8_kernel<B>(q, x, hlwq::backend::cpu<xsimd::avx2>{});
+#endif
+        });
+    }
+}
+
+TEST_CASE("int8 activations: the error against the exact product is within its rounding bound") {
+    // Per element, |e·t·d·q - c·x| <= |e·t|·d/2 + |x|·e/2 (d: the activation step of its
+    // block, e: the table step), so |y_int8 - y_f32| <= Σ_b norm_b/B · Σ_i that, plus float
+    // rounding. Heavy-tailed activations (a ×30 outlier) make d large, as real ones do.
+    const std::size_t rows = 64, cols = 1000;
+    const auto w = gaussian(rows * cols, 91);
+    auto x = gaussian(cols, 92);
+    x[17] *= 30;
+    hlwq::for_each_bits([&]<int B>() {
+        CAPTURE(B);
+        const auto q = hlwq::quantize<B>(w, rows, cols);
+        const std::size_t nb = q.blocks_per_row(), bs = q.block;
+        std::vector<float> xr(nb * bs);
+        hlwq::detail::rotate_activations<hlwq::backend::scalar>(q, x.data(), 1, xr.data());
+        const auto table = hlwq::detail::make_int_table<B>(q.centroids);
+        std::vector<float> exact(rows), fast(rows);
+        hlwq::matvec(q, x, exact);
+        hlwq::matvec(q, x, fast, {.activations = hlwq::activation_precision::int8});
+        std::vector<std::uint8_t> codes(bs);
+        double err2 = 0, ref2 = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            double bound = 0, mass = 0;
+            for (std::size_t b = 0; b < nb; ++b) {
+                hlwq::packer<B>::unpack(q.block_codes(r, b), codes);
+                float m = 0;
+                for (std::size_t i = 0; i < bs; ++i) m = std::max(m, std::abs(xr[b * bs + i]));
+                const double d = m / 127.0, e = table.step, n = q.block_norm(r, b) / double(bs);
+                for (std::size_t i = 0; i < bs; ++i) {
+                    const double ct = std::abs(e * table.values[codes[i]]), xi = std::abs(xr[b * bs + i]);
+                    bound += n * (ct * d / 2 + xi * e / 2);
+                    mass += n * (ct + std::abs(q.centroids[codes[i]])) * (xi + d);
+                }
+            }
+            CAPTURE(r);
+            CHECK(std::abs(double(fast[r]) - exact[r]) <= bound + (double(nb) + 24) * 0x1p-23 * mass);
+            err2 += (double(fast[r]) - exact[r]) * (fast[r] - exact[r]);
+            ref2 += double(exact[r]) * exact[r];
+        }
+        // And it is small: the activation step is max|x_b|/127 (about 1% of |x_b| here).
+        CHECK(std::sqrt(err2 / ref2) < 0.05);
+    });
+}
+
+TEST_CASE("int8 activations: matmul equals one matvec per token, any thread count") {
+    const std::size_t rows = 29, cols = 520, n = 5;
+    const auto w = gaussian(rows * cols, 93);
+    const auto x = gaussian(n * cols, 94);
+    for (int bits : {2, 4, 5, 8}) {
+        CAPTURE(bits);
+        const auto q = hlwq::quantize(w, rows, cols, bits);
+        for (unsigned threads : {1u, 2u, 3u}) {
+            CAPTURE(threads);
+            const hlwq::product_options opt{.threads = threads, .activations = hlwq::activation_precision::int8};
+            std::vector<float> y(n * rows), yi(rows);
+            hlwq::matmul(q, x, n, y, opt);
+            for (std::size_t i = 0; i < n; ++i) {
+                hlwq::matvec(q, std::span(x).subspan(i * cols, cols), yi, opt);
+                for (std::size_t r = 0; r < rows; ++r) CHECK(y[i * rows + r] == yi[r]);
+            }
+        }
+    }
 }

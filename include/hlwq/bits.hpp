@@ -44,4 +44,12 @@ decltype(auto) with_bits(int bits, F&& f) {
     }
 }
 
+/// Calls `f.template operator()<Bits>()` for every width Bits = 1..8, in order.
+template <class F>
+void for_each_bits(F&& f) {
+    [&]<int... I>(std::integer_sequence<int, I...>) {
+        (f.template operator()<I + min_bits>(), ...);
+    }(std::make_integer_sequence<int, max_bits - min_bits + 1>{});
+}
+
 }  // namespace hlwq

@@ -7,6 +7,15 @@
 /// ŵ·x = (n / B) · c[codes] · (H x). The activation is rotated once per block (shared by all
 /// rows); then each row costs a table lookup and a dot product on its codes. A random sign
 /// diagonal D, if the matrix has one, is folded into the rotation of x (H D x).
+///
+/// Two precisions (product_options::activations):
+/// - `f32` (default): fp32 activations; equal to dequantize-then-multiply within fp32
+///   rounding.
+/// - `int8`: the llama.cpp way. Each block of the rotated activation is quantized to int8
+///   with its own scale max|x|/127, and the codebook to integers (int8 up to 5 bits, int16
+///   beyond, see int_table_max); each block's dot product is then exact integer arithmetic
+///   (AVX-512 VNNI) scaled once. The activation rounding adds a relative error of about
+///   1/(127·√3) per element; the table rounding is far below the codebook's own distortion.
 #pragma once
 
 #include "backend/kernels.hpp"
@@ -14,7 +23,11 @@
 #include "quantize.hpp"
 #include "rotation.hpp"
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -23,7 +36,84 @@
 
 namespace hlwq {
 
+/// Arithmetic of the activations in matvec/matmul (see matmul.hpp).
+enum class activation_precision {
+    f32,   ///< fp32 activations: the exact product, within fp32 rounding
+    int8,  ///< activations rounded to int8 per block, integer dot products (faster)
+};
+
+/// Knobs of matvec() and matmul().
+struct product_options {
+    /// Worker threads over rows; 0 = one per hardware thread.
+    unsigned threads = 0;
+    /// fp32 (exact) or int8 activations.
+    activation_precision activations = activation_precision::f32;
+};
+
 namespace detail {
+
+/// The codebook as integers for the int8 product: values[k] = round(centroid_k / step), with
+/// step = max|centroid| / int_table_max<Bits>.
+struct int_table {
+    std::array<std::int16_t, 256> values{};  ///< integer centroids
+    float step = 0.0f;                       ///< value of one integer unit
+};
+
+template <int Bits>
+int_table make_int_table(std::span<const float> centroids) {
+    int_table t;
+    float largest = 0.0f;
+    for (float c : centroids) largest = std::max(largest, std::abs(c));
+    t.step = largest > 0.0f ? largest / static_cast<float>(int_table_max<Bits>) : 1.0f;
+    for (std::size_t k = 0; k < centroids.size(); ++k)
+        t.values[k] = static_cast<std::int16_t>(std::clamp(std::nearbyint(centroids[k] / t.step),
+                                                            -float{int_table_max<Bits>}, float{int_table_max<Bits>}));
+    return t;
+}
+
+/// Rotated activations quantized block by block: q = round(x · 127 / max|x_b|); `scale`
+/// folds in the integer step of the table and the 1/B of the rotation, so a row's result is
+/// Σ_b norm_b · scale_b · (table · q)_b. `sum` holds Σ q per block.
+struct int8_activations {
+    std::vector<std::int8_t> q;      ///< tokens × blocks × block values
+    std::vector<float> scale;        ///< per token and block
+    std::vector<std::int32_t> sum;   ///< per token and block
+};
+
+inline int8_activations quantize_activations(const float* xr, std::size_t count, std::size_t block, float step) {
+    int8_activations a;
+    a.q.resize(count * block);
+    a.scale.resize(count);
+    a.sum.resize(count);
+    for (std::size_t b = 0; b < count; ++b) {
+        const float* x = xr + b * block;
+        float largest = 0.0f;
+        for (std::size_t i = 0; i < block; ++i) largest = std::max(largest, std::abs(x[i]));
+        const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
+        std::int32_t sum = 0;
+        for (std::size_t i = 0; i < block; ++i) {
+            const auto v = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
+            a.q[b * block + i] = v;
+            sum += v;
+        }
+        a.sum[b] = sum;
+        a.scale[b] = largest / 127.0f * step / static_cast<float>(block);
+    }
+    return a;
+}
+
+/// Rows [r0, r1) of Y = X Ŵᵀ with int8 activations: one row's codes stay in cache while
+/// every token reads them.
+template <int Bits, class Backend>
+void product_rows_int8(const quantized_view& q, const int_table& table, const int8_activations& a, std::size_t n,
+                       float* y, std::size_t r0, std::size_t r1) {
+    const std::size_t nb = q.blocks_per_row(), len = nb * q.block;
+    for (std::size_t r = r0; r < r1; ++r)
+        for (std::size_t i = 0; i < n; ++i)
+            y[i * q.rows + r] = kernels<Backend>::template dot_row_int8<Bits>(
+                q.codes.data() + r * nb * q.block_bytes(), q.norms.data() + r * nb, nb, q.block, table.values.data(),
+                a.q.data() + i * len, a.scale.data() + i * nb, a.sum.data() + i * nb);
+}
 
 /// Rotates each of `n` activation rows x[i][0..cols) block by block: xr[i][b][0..B) =
 /// H (D) x_b, zero-padding the last block. xr has n · blocks_per_row · block floats.
@@ -76,12 +166,26 @@ void product_rows(const quantized_view& q, const float* xr, std::size_t n, float
 
 template <class Backend>
 void product(const quantized_view& q, std::span<const float> x, std::size_t n, std::span<float> y,
-             unsigned threads, const char* fn) {
+             const product_options& options, const char* fn) {
     check_quantized(q);
     checked_size(n, q.cols, x.size(), fn);
     checked_size(n, q.rows, y.size(), fn);
     std::vector<float> xr(n * q.blocks_per_row() * q.block);
     rotate_activations<Backend>(q, x.data(), n, xr.data());
+    const unsigned threads = options.threads;
+    if (options.activations == activation_precision::int8) {
+        with_bits(q.bits, [&]<int B>() {
+            const int_table table = make_int_table<B>(q.centroids);
+            int8_activations a = quantize_activations(xr.data(), n * q.blocks_per_row(), q.block, table.step);
+            for (std::size_t b = 0; b < n * q.blocks_per_row(); ++b)
+                kernels<Backend>::template order_activations_int8<B>(a.q.data() + b * q.block, q.block);
+            parallel_for(q.rows, thread_count(threads, q.rows, rows_per_thread(q.cols)),
+                         [&](std::size_t r0, std::size_t r1) {
+                             product_rows_int8<B, Backend>(q, table, a, n, y.data(), r0, r1);
+                         });
+        });
+        return;
+    }
     with_bits(q.bits, [&]<int B>() {
         if (n == 1)  // the one-token path reads x in the order its kernel wants
             for (std::size_t b = 0; b < q.blocks_per_row(); ++b)
@@ -94,23 +198,38 @@ void product(const quantized_view& q, std::span<const float> x, std::size_t n, s
 }  // namespace detail
 
 /// y = Ŵ x, with Ŵ = dequantize(q) (rows × cols), x of cols values, y of rows values;
-/// computed on the codes, without expanding Ŵ.
-/// Threads: workers over rows, 0 = all hardware threads.
+/// computed on the codes, without expanding Ŵ. `options` picks the threads (workers over
+/// rows, 0 = all hardware threads) and the activation precision (fp32 exact, or int8).
 /// @throws std::invalid_argument if x or y has the wrong size, or q is inconsistent.
 template <class Backend = default_backend>
-void matvec(const quantized_view& q, std::span<const float> x, std::span<float> y, unsigned threads = 0,
+void matvec(const quantized_view& q, std::span<const float> x, std::span<float> y, const product_options& options,
             Backend = {}) {
-    detail::product<Backend>(q, x, 1, y, threads, "hlwq::matvec");
+    detail::product<Backend>(q, x, 1, y, options, "hlwq::matvec");
+}
+
+/// matvec with fp32 activations on `threads` workers (0 = all hardware threads).
+template <class Backend = default_backend>
+void matvec(const quantized_view& q, std::span<const float> x, std::span<float> y, unsigned threads = 0,
+            Backend backend = {}) {
+    matvec(q, x, y, product_options{.threads = threads}, backend);
 }
 
 /// Y = X Ŵᵀ for a batch of `n` tokens: X is n × cols (row-major, one token per row), Y is
-/// n × rows: each Y row is matvec of the X row, the layout of a linear layer. Each block of
-/// Ŵ is decoded once into a small buffer and used for all n tokens.
+/// n × rows: each Y row is matvec of the X row, the layout of a linear layer. With fp32
+/// activations each block of Ŵ is decoded once into a small buffer and used for all n tokens;
+/// with int8 activations each row's codes are read once from memory for all n tokens.
 /// @throws std::invalid_argument if X or Y has the wrong size, or q is inconsistent.
 template <class Backend = default_backend>
 void matmul(const quantized_view& q, std::span<const float> x, std::size_t n, std::span<float> y,
-            unsigned threads = 0, Backend = {}) {
-    detail::product<Backend>(q, x, n, y, threads, "hlwq::matmul");
+            const product_options& options, Backend = {}) {
+    detail::product<Backend>(q, x, n, y, options, "hlwq::matmul");
+}
+
+/// matmul with fp32 activations on `threads` workers (0 = all hardware threads).
+template <class Backend = default_backend>
+void matmul(const quantized_view& q, std::span<const float> x, std::size_t n, std::span<float> y,
+            unsigned threads = 0, Backend backend = {}) {
+    matmul(q, x, n, y, product_options{.threads = threads}, backend);
 }
 
 }  // namespace hlwq

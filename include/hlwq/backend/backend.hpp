@@ -39,6 +39,12 @@ struct cuda {
 
 }  // namespace backend
 
+/// Largest magnitude of the integer centroid table of the int8-activation product
+/// (activation_precision::int8): int8 for codebooks up to 5 bits, whose centroids are far
+/// apart compared with the int8 step, int16 for 6..8 bits, which int8 would blur.
+template <int Bits>
+inline constexpr int int_table_max = Bits <= 5 ? 127 : 32767;
+
 /// The backend public functions use when none is given.
 using default_backend = backend::cpu<>;
 

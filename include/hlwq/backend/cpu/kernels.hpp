@@ -26,6 +26,13 @@
 #include <type_traits>
 #include <utility>
 
+/// AVX-512 VNNI and VBMI (byte permutes), the instructions of the int8-activation product.
+#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+#define HLWQ_CPU_HAS_VNNI 1
+#else
+#define HLWQ_CPU_HAS_VNNI 0
+#endif
+
 namespace hlwq {
 
 namespace detail {
@@ -534,6 +541,50 @@ struct kernels<backend::cpu<Arch>> {
         decode<Bits>(codes, d, centroids, 1.0f, out);
     }
 
+    /// Puts one block of int8 activations in the order dot_row_int8<Bits> reads codes in.
+    /// AVX-512 VNNI, 4 bits: each 128 values become the low nibbles (codes 32k + 0..15 of
+    /// the four groups) then the high nibbles (codes 32k + 16..31). Identity otherwise.
+    template <int Bits>
+    static void order_activations_int8(std::int8_t* x, std::size_t block) noexcept {
+#if HLWQ_CPU_HAS_VNNI
+        if constexpr (Bits == 4 && std::is_base_of_v<xsimd::avx512bw, Arch>) {
+            if (block % 128 != 0) return;
+            std::int8_t chunk[128];
+            for (std::size_t p = 0; p < block; p += 128) {
+                std::copy_n(x + p, 128, chunk);
+                for (std::size_t k = 0; k < 4; ++k)
+                    for (std::size_t i = 0; i < 16; ++i) {
+                        x[p + 16 * k + i] = chunk[32 * k + i];
+                        x[p + 64 + 16 * k + i] = chunk[32 * k + 16 + i];
+                    }
+            }
+        }
+#endif
+        (void)x;
+        (void)block;
+    }
+
+    /// One row against int8 activations: Σ_b (norms[b] · xscale[b]) · I_b with
+    /// I_b = Σ_i table[code_bi] · xq[b·block + i] (see the scalar reference). The integer sums
+    /// are exact; only their conversion to float and the sum over blocks round.
+    /// AVX-512 VNNI + VBMI (int8 tables, up to 5 bits): the table, biased by 128 to unsigned
+    /// bytes, is looked up with byte shuffles and multiplied into int8 activations with
+    /// `vpdpbusd`, 64 products per instruction; the bias comes back out as 128 · xsum[b].
+    /// 4 bits read the nibbles of a 64-byte register straight from the packed plane; other
+    /// widths unpack a block first. 6..8 bits (int16 tables): word permutes and `vpdpwssd`.
+    /// Other instruction sets: the scalar reference.
+    template <int Bits>
+    static float dot_row_int8(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
+                              const std::int16_t* table, const std::int8_t* xq, const float* xscale,
+                              const std::int32_t* xsum) {
+#if HLWQ_CPU_HAS_VNNI
+        if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
+            if (block >= 64) return dot_row_vnni<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
+        }
+#endif
+        return kernels<backend::scalar>::dot_row_int8<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
+    }
+
     /// Packs n codes (one per byte, < 2^Bits) in the packer<Bits> layout, a 64-bit word at
     /// a time (the mirror of unpack).
     template <int Bits>
@@ -563,6 +614,90 @@ struct kernels<backend::cpu<Arch>> {
 
 private:
     static_assert(std::endian::native == std::endian::little, "SWAR unpack assumes little endian");
+
+#if HLWQ_CPU_HAS_VNNI
+    /// dot_row_int8 on AVX-512 VNNI (block >= 64, a power of two).
+    template <int Bits>
+    static float dot_row_vnni(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
+                              const std::int16_t* table, const std::int8_t* xq, const float* xscale,
+                              const std::int32_t* xsum) {
+        constexpr __mmask64 all = ~__mmask64{0};
+        constexpr std::size_t levels = std::size_t{1} << Bits;
+        const std::size_t block_bytes = block * Bits / 8;
+        __m512 acc = _mm512_setzero_ps();
+        // Folds one block's exact integer lanes into the float accumulator.
+        auto fold = [&](__m512i lanes, std::size_t b) {
+            const __m512 s = _mm512_set1_ps(static_cast<float>(norms[b]) * xscale[b]);
+            acc = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes), s, acc);
+        };
+        if constexpr (int_table_max<Bits> == 127) {
+            alignas(64) std::uint8_t biased[64] = {};
+            for (std::size_t k = 0; k < 64; ++k)
+                biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);  // 4 bits: 16 per lane
+            const __m512i lut = _mm512_load_si512(biased);
+            if (Bits == 4 && block % 128 == 0) {  // activations in order_activations_int8's order
+                const __m512i low4 = _mm512_set1_epi8(0x0F);
+                for (std::size_t b = 0; b < blocks; ++b) {
+                    __m512i lanes = _mm512_maskz_set1_epi32(1, -128 * xsum[b]);
+                    for (std::size_t p = 0; p < block; p += 128, codes += 64, xq += 128) {
+                        const __m512i v = _mm512_loadu_si512(codes);
+                        const __m512i lo = _mm512_and_si512(v, low4);
+                        const __m512i hi = _mm512_and_si512(_mm512_maskz_srli_epi16(~__mmask32{0}, v, 4), low4);
+                        lanes = _mm512_dpbusd_epi32(lanes, _mm512_maskz_shuffle_epi8(all, lut, lo),
+                                                    _mm512_loadu_si512(xq));
+                        lanes = _mm512_dpbusd_epi32(lanes, _mm512_maskz_shuffle_epi8(all, lut, hi),
+                                                    _mm512_loadu_si512(xq + 64));
+                    }
+                    fold(lanes, b);
+                }
+            } else {  // natural order
+                alignas(64) std::uint8_t unpacked[1024];
+                for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes) {
+                    unpack<Bits>(codes, block, unpacked);
+                    __m512i lanes = _mm512_maskz_set1_epi32(1, -128 * xsum[b]);
+                    for (std::size_t p = 0; p < block; p += 64, xq += 64) {
+                        const __m512i w = _mm512_maskz_permutexvar_epi8(all, _mm512_load_si512(unpacked + p), lut);
+                        lanes = _mm512_dpbusd_epi32(lanes, w, _mm512_loadu_si512(xq));
+                    }
+                    fold(lanes, b);
+                }
+            }
+        } else {
+            // int16 table in registers of 32 words; a code picks a pair of registers
+            // (permutex2var reads 6 bits) and, past 64 entries, a blend on bits 6 and 7.
+            alignas(64) std::int16_t words[256] = {};
+            std::copy_n(table, levels, words);
+            constexpr std::size_t pairs = levels / 64;
+            __m512i t[2 * pairs];
+            for (std::size_t k = 0; k < 2 * pairs; ++k) t[k] = _mm512_load_si512(words + 32 * k);
+            alignas(64) std::uint8_t unpacked[1024];
+            for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes) {
+                unpack<Bits>(codes, block, unpacked);
+                __m512i lanes = _mm512_setzero_si512();
+                for (std::size_t p = 0; p < block; p += 32, xq += 32) {
+                    const __m512i idx = _mm512_maskz_cvtepu8_epi16(
+                        ~__mmask32{0}, _mm256_load_si256(reinterpret_cast<const __m256i*>(unpacked + p)));
+                    __m512i w = _mm512_permutex2var_epi16(t[0], idx, t[1]);
+                    if constexpr (pairs >= 2) {
+                        const __m512i w1 = _mm512_permutex2var_epi16(t[2], idx, t[3]);
+                        w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w, w1);
+                    }
+                    if constexpr (pairs == 4) {
+                        __m512i w2 = _mm512_permutex2var_epi16(t[4], idx, t[5]);
+                        const __m512i w3 = _mm512_permutex2var_epi16(t[6], idx, t[7]);
+                        w2 = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w2, w3);
+                        w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(128)), w, w2);
+                    }
+                    const __m512i x16 = _mm512_maskz_cvtepi8_epi16(
+                        ~__mmask32{0}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
+                    lanes = _mm512_dpwssd_epi32(lanes, w, x16);
+                }
+                fold(lanes, b);
+            }
+        }
+        return xsimd::hadd(batch(acc));
+    }
+#endif
 
     /// The in-register WHT stages, strides H, 2H, ... < width: lane i pairs with lane i ^ H
     /// and becomes x[i] + x[i^H] (bit H clear) or x[i^H] - x[i] (bit H set).

@@ -97,6 +97,29 @@ struct kernels<backend::scalar> {
         return row;
     }
 
+    /// The order dot_row_int8<Bits> reads int8 activations in: the natural one.
+    template <int Bits>
+    static void order_activations_int8(std::int8_t*, std::size_t) noexcept {}
+
+    /// One row against int8 activations: Σ_b (norms[b] · xscale[b]) · I_b, with
+    /// I_b = Σ_i table[code_bi] · xq[b·block + i] summed exactly in integers (table holds the
+    /// integer centroids, see int_table_max; xsum[b] = Σ_i xq[b·block + i] is for kernels that
+    /// bias the table to unsigned bytes and is not needed here).
+    template <int Bits>
+    static float dot_row_int8(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
+                              const std::int16_t* table, const std::int8_t* xq, const float* xscale,
+                              const std::int32_t* /*xsum*/) {
+        std::vector<std::uint8_t> unpacked(block);
+        float row = 0.0f;
+        for (std::size_t b = 0; b < blocks; ++b, codes += packer<Bits>::packed_bytes(block), xq += block) {
+            unpack<Bits>(codes, block, unpacked.data());
+            std::int32_t s = 0;
+            for (std::size_t i = 0; i < block; ++i) s += std::int32_t{table[unpacked[i]]} * xq[i];
+            row += (static_cast<float>(norms[b]) * xscale[b]) * static_cast<float>(s);
+        }
+        return row;
+    }
+
     /// Unpacks n codes packed by packer<Bits> (packed_bytes(n) bytes) to one per byte.
     template <int Bits>
     static void unpack(const std::uint8_t* packed, std::size_t n, std::uint8_t* codes) {
