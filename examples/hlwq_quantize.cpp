@@ -526,6 +526,7 @@ void write_text(const fs::path& p, const std::string& text) {
 int run(const options& o) {
     using namespace hlwq::io;
     const auto t0 = std::chrono::steady_clock::now();
+    const recipe rcp = o.to_hlwq ? recipe{"to-hlwq", 4, {}} : load_recipe(o);
     std::error_code ec;
     if (!fs::is_directory(o.in, ec)) throw fatal(o.in.string() + ": not a folder");
     if (!fs::exists(o.in / "config.json", ec)) throw fatal(o.in.string() + ": no config.json (not a model folder)");
@@ -533,7 +534,6 @@ int run(const options& o) {
         throw fatal("OUT_DIR is IN_DIR (" + o.in.string() + ")");
     if (fs::exists(o.out, ec) && !o.force)
         throw fatal(o.out.string() + " exists; pass --force to replace it");
-    const recipe rcp = o.to_hlwq ? recipe{"to-hlwq", 4, {}} : load_recipe(o);
 
     checkpoint ck = checkpoint::open(o.in);
     if (o.to_hlwq && ck.format() != checkpoint_format::polar)

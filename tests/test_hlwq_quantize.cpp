@@ -1,0 +1,575 @@
+// Tests of the hlwq-quantize program (examples/hlwq_quantize.cpp), run as a child process on
+// small model folders written here. HLWQ_QUANTIZE_EXE is the program's path;
+// HLWQ_REAL_MODEL_DIR, when defined, a real Hugging Face folder to convert.
+#include <hlwq/io/hlwq_format.hpp>
+
+#include <doctest/doctest.h>
+
+#include "test_data.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using namespace hlwq::io;
+using json = nlohmann::json;
+
+namespace {
+
+struct temp_dir {
+    fs::path path;
+    temp_dir() {
+        static std::atomic<int> counter{0};
+        const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
+        path = fs::temp_directory_path() / ("hlwq_q_" + std::to_string(::getpid()) + "_" + std::to_string(stamp) + "_" +
+                                            std::to_string(counter++));
+        fs::create_directories(path);
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+    fs::path operator/(const std::string& name) const { return path / name; }
+};
+
+std::string slurp(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+struct result {
+    int rc = -1;
+    std::string out, err;
+};
+
+/// Runs hlwq-quantize with `args` (already shell-quoted where needed), optionally after a
+/// shell `prefix` (e.g. "ulimit -f 64;").
+result run(const std::string& args, const temp_dir& d, const std::string& prefix = "") {
+    const std::string cmd = prefix + " '" HLWQ_QUANTIZE_EXE "' " + args + " > '" + (d / "stdout").string() + "' 2> '" +
+                            (d / "stderr").string() + "'";
+    const int status = std::system(("sh -c \"" + cmd + "\"").c_str());
+    result r;
+    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    r.out = slurp(d / "stdout");
+    r.err = slurp(d / "stderr");
+    return r;
+}
+
+bool no_temp_left(const fs::path& out) {
+    for (const auto& e : fs::directory_iterator(out.parent_path()))
+        if (e.path().filename().string().starts_with(out.filename().string() + ".tmp-")) return false;
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// A fake Hugging Face model folder.
+// ---------------------------------------------------------------------------------------
+struct fake_tensor {
+    std::string name;
+    dtype type = dtype::bf16;
+    std::vector<std::int64_t> shape;
+    std::vector<float> values;  // stored rounded to `type`
+    int expect_bits = 0;        // what PQ2-Mixed should do; 0 = kept
+};
+
+struct fake_model {
+    std::vector<fake_tensor> tensors;
+
+    fake_model() {
+        unsigned seed = 1;
+        const auto add = [&](std::string name, dtype t, std::vector<std::int64_t> shape, int bits) {
+            std::size_t n = 1;
+            for (auto d : shape) n *= static_cast<std::size_t>(d);
+            auto v = hlwq_test::gaussian(n, seed++);
+            for (float& x : v) x *= 0.05f;
+            tensors.push_back({std::move(name), t, std::move(shape), std::move(v), bits});
+        };
+        add("model.embed_tokens.weight", dtype::bf16, {64, 256}, 0);
+        for (int l = 0; l < 2; ++l) {
+            const std::string p = "model.layers." + std::to_string(l) + ".";
+            add(p + "input_layernorm.weight", dtype::bf16, {256}, 0);
+            add(p + "post_attention_layernorm.weight", dtype::bf16, {256}, 0);
+            add(p + "self_attn.q_proj.weight", dtype::bf16, {256, 256}, 4);
+            add(p + "self_attn.q_proj.bias", dtype::bf16, {256}, 0);
+            add(p + "self_attn.k_proj.weight", dtype::bf16, {128, 256}, 4);
+            add(p + "self_attn.v_proj.weight", dtype::f16, {128, 256}, 4);
+            add(p + "self_attn.o_proj.weight", dtype::bf16, {256, 256}, 4);
+            add(p + "self_attn.q_norm.weight", dtype::bf16, {64}, 0);
+            add(p + "mlp.gate_proj.weight", dtype::bf16, {512, 256}, 2);
+            add(p + "mlp.up_proj.weight", dtype::bf16, {512, 256}, 2);
+            add(p + "mlp.down_proj.weight", dtype::f32, {256, 300}, 2);
+        }
+        add("model.layers.1.mlp.gate.weight", dtype::bf16, {4, 256}, 0);  // MoE router
+        add("model.layers.1.mlp.experts.gate_up_proj", dtype::bf16, {4, 64, 256}, 2);
+        add("model.layers.1.mlp.experts.down_proj", dtype::bf16, {4, 256, 32}, 0);  // < 128 columns
+        add("model.vision_tower.encoder.layers.0.self_attn.q_proj.weight", dtype::bf16, {128, 256}, 0);
+        add("model.norm.weight", dtype::f32, {256}, 0);
+        for (fake_tensor& t : tensors) t.values = stored_values(t);
+    }
+
+    static std::vector<float> stored_values(const fake_tensor& t) {
+        std::vector<float> v = t.values;
+        for (float& x : v) {
+            if (t.type == dtype::bf16) x = static_cast<float>(hlwq::bfloat16(x));
+            if (t.type == dtype::f16) x = static_cast<float>(hlwq::half(x));
+        }
+        return v;
+    }
+
+    static std::vector<std::byte> bytes(const fake_tensor& t) {
+        std::vector<std::byte> out(t.values.size() * dtype_size(t.type));
+        for (std::size_t i = 0; i < t.values.size(); ++i) {
+            if (t.type == dtype::bf16) {
+                const hlwq::bfloat16 b(t.values[i]);
+                std::memcpy(out.data() + 2 * i, &b, 2);
+            } else if (t.type == dtype::f16) {
+                const hlwq::half h(t.values[i]);
+                std::memcpy(out.data() + 2 * i, &h, 2);
+            } else {
+                std::memcpy(out.data() + 4 * i, &t.values[i], 4);
+            }
+        }
+        return out;
+    }
+
+    const fake_tensor& at(const std::string& name) const {
+        for (const fake_tensor& t : tensors)
+            if (t.name == name) return t;
+        throw std::logic_error("no " + name);
+    }
+
+    /// Writes config, tokenizer stubs and weights (in `shards` files, round robin).
+    void write(const fs::path& dir, int shards = 1) const {
+        fs::create_directories(dir);
+        std::ofstream(dir / "config.json") << json{{"model_type", "fake"}, {"hidden_size", 256},
+                                                   {"tie_word_embeddings", true}}.dump(2);
+        std::ofstream(dir / "tokenizer.json") << R"({"version": "1.0", "model": {"type": "BPE"}})";
+        std::ofstream(dir / "tokenizer_config.json") << R"({"bos_token": "<bos>"})";
+        std::ofstream(dir / "chat_template.jinja") << "{{ messages }}";
+        json weight_map = json::object();
+        for (int s = 0; s < shards; ++s) {
+            const std::string file = shards == 1 ? "model.safetensors"
+                                                 : "model-0000" + std::to_string(s + 1) + "-of-0000" +
+                                                       std::to_string(shards) + ".safetensors";
+            std::vector<tensor_spec> specs;
+            std::vector<const fake_tensor*> mine;
+            for (std::size_t i = 0; i < tensors.size(); ++i)
+                if (static_cast<int>(i % static_cast<std::size_t>(shards)) == s) {
+                    specs.push_back({tensors[i].name, tensors[i].type, tensors[i].shape});
+                    mine.push_back(&tensors[i]);
+                    weight_map[tensors[i].name] = file;
+                }
+            safetensors_writer w(dir / file, specs);
+            for (const fake_tensor* t : mine) {
+                const auto b = bytes(*t);
+                w.write(t->name, std::span<const std::byte>(b));
+            }
+            w.finish();
+        }
+        if (shards > 1)
+            std::ofstream(dir / "model.safetensors.index.json") << json{{"metadata", json::object()},
+                                                                        {"weight_map", weight_map}}.dump(2);
+    }
+};
+
+/// The expected quantization of a fake tensor: per expert for 3-D.
+std::vector<hlwq::quantized_matrix> expected_quantization(const fake_tensor& t, int bits) {
+    const std::size_t experts = t.shape.size() == 3 ? static_cast<std::size_t>(t.shape[0]) : 1;
+    const auto rows = static_cast<std::size_t>(t.shape[t.shape.size() - 2]), cols = static_cast<std::size_t>(t.shape.back());
+    std::vector<hlwq::quantized_matrix> out;
+    for (std::size_t e = 0; e < experts; ++e) {
+        const std::vector<float> slice(t.values.begin() + static_cast<std::ptrdiff_t>(e * rows * cols),
+                                       t.values.begin() + static_cast<std::ptrdiff_t>((e + 1) * rows * cols));
+        out.push_back(hlwq::quantize(slice, rows, cols, bits));
+    }
+    return out;
+}
+
+double nmse(const std::vector<float>& w, const std::vector<float>& back) {
+    double e = 0, r = 0;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        e += (double(w[i]) - back[i]) * (double(w[i]) - back[i]);
+        r += double(w[i]) * w[i];
+    }
+    return e / r;
+}
+
+/// Checks OUT against the fake model and the bits `expect(t)` gives each tensor.
+template <class Expect>
+void check_output(const fs::path& out, const fs::path& in, const fake_model& m, Expect&& expect) {
+    const checkpoint c = checkpoint::open(out);
+    REQUIRE(c.format() == checkpoint_format::hlwq);
+    CHECK(c.names().size() == m.tensors.size());
+    const checkpoint orig = checkpoint::open(in);
+    for (const fake_tensor& t : m.tensors) {
+        CAPTURE(t.name);
+        const int bits = expect(t);
+        REQUIRE(c.contains(t.name));
+        CHECK(c.shape(t.name) == t.shape);
+        if (bits == 0) {
+            REQUIRE_FALSE(c.is_quantized(t.name));
+            const auto a = c.dense(t.name), b = orig.dense(t.name);
+            CHECK(a.type == b.type);
+            CHECK((a.data.size() == b.data.size() && std::memcmp(a.data.data(), b.data.data(), a.data.size()) == 0));
+            continue;
+        }
+        REQUIRE(c.is_quantized(t.name));
+        CHECK(c.bits(t.name) == bits);
+        const auto expected = expected_quantization(t, bits);
+        for (std::size_t e = 0; e < expected.size(); ++e) {
+            const auto v = t.shape.size() == 3 ? c.quantized(t.name, e) : c.quantized(t.name);
+            CHECK(std::equal(v.codes.begin(), v.codes.end(), expected[e].codes.begin(), expected[e].codes.end()));
+            CHECK(hlwq::dequantize(v) == hlwq::dequantize(expected[e]));
+        }
+        if (t.shape.size() == 3) CHECK(c.experts(t.name) == static_cast<std::size_t>(t.shape[0]));
+    }
+    // Small files copied unchanged, config kept and extended.
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}) CHECK(slurp(out / f) == slurp(in / f));
+    const json cfg = json::parse(slurp(out / "config.json"));
+    CHECK(cfg["model_type"] == "fake");
+    CHECK(cfg["hidden_size"] == 256);
+    CHECK(cfg["quantization_config"]["quant_method"] == "hlwq");
+    CHECK(cfg["quantization_config"]["format_version"] == 1);
+}
+
+}  // namespace
+
+TEST_CASE("hlwq-quantize PQ2-Mixed: bits per tensor, kept tensors byte-identical, report and JSON") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in");
+    const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --recipe PQ2-Mixed --threads 2 --json '" +
+                           (d / "report.json").string() + "'",
+                       d);
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    CHECK(no_temp_left(d / "out"));
+    check_output(d / "out", d / "in", m, [](const fake_tensor& t) { return t.expect_bits; });
+
+    // The report: counts per width, sizes, NMSE.
+    int n2 = 0, n4 = 0, kept = 0;
+    std::uint64_t w2 = 0;
+    for (const fake_tensor& t : m.tensors) {
+        n2 += t.expect_bits == 2;
+        n4 += t.expect_bits == 4;
+        kept += t.expect_bits == 0;
+        if (t.expect_bits == 2) w2 += t.values.size();
+    }
+    CHECK(r.out.find("tensors: " + std::to_string(n2 + n4) + " quantized, " + std::to_string(kept) + " kept") !=
+          std::string::npos);
+    CHECK(r.out.find("recipe PQ2-Mixed") != std::string::npos);
+    CHECK(r.out.find("worst 10:") != std::string::npos);
+    const json j = json::parse(slurp(d / "report.json"));
+    CHECK(j["bits"]["2"]["tensors"] == n2);
+    CHECK(j["bits"]["2"]["weights"] == w2);
+    CHECK(j["bits"]["4"]["tensors"] == n4);
+    CHECK(j["kept"]["tensors"] == kept);
+    CHECK(j["input_bytes"] == fs::file_size(d / "in" / "model.safetensors"));
+    CHECK(j["output_bytes"] == fs::file_size(d / "out" / "model.safetensors"));
+    CHECK(j["compression_ratio"].get<double>() ==
+          doctest::Approx(double(fs::file_size(d / "in" / "model.safetensors")) / double(fs::file_size(d / "out" / "model.safetensors"))));
+    CHECK(j["compression_ratio"].get<double>() > 2.0);
+    CHECK(j["recipe"] == "PQ2-Mixed");
+    CHECK(j["worst"].size() == 10);
+    REQUIRE(j["tensors"].size() == static_cast<std::size_t>(n2 + n4));
+    double mean = 0;
+    for (const json& e : j["tensors"]) {
+        const fake_tensor& t = m.at(e["name"]);
+        CAPTURE(t.name);
+        CHECK(e["bits"] == t.expect_bits);
+        CHECK(e["shape"] == json(t.shape));
+        // The NMSE it reports is the NMSE of the weights it wrote.
+        std::vector<float> back;
+        for (const auto& q : expected_quantization(t, t.expect_bits)) {
+            const auto b = hlwq::dequantize(q);
+            back.insert(back.end(), b.begin(), b.end());
+        }
+        CHECK(e["nmse"].get<double>() == doctest::Approx(nmse(t.values, back)).epsilon(1e-6));
+        CHECK(e["nmse"].get<double>() < 1.2 * hlwq::lloyd_max_mse(t.expect_bits));
+        mean += e["nmse"].get<double>();
+    }
+    CHECK(j["nmse_mean"].get<double>() == doctest::Approx(mean / double(n2 + n4)));
+}
+
+TEST_CASE("hlwq-quantize: sharded input gives sharded output with an index; --include-vision; uniform bits") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in", 2);
+    const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 3 --include-vision", d);
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    CHECK(fs::exists(d / "out" / "model-00001-of-00002.safetensors"));
+    CHECK(fs::exists(d / "out" / "model-00002-of-00002.safetensors"));
+    CHECK_FALSE(fs::exists(d / "out" / "model.safetensors"));
+    const json idx = json::parse(slurp(d / "out" / "model.safetensors.index.json"));
+    const json in_idx = json::parse(slurp(d / "in" / "model.safetensors.index.json"));
+    CHECK(idx["weight_map"]["model.layers.0.self_attn.q_proj.weight.codes"] ==
+          in_idx["weight_map"]["model.layers.0.self_attn.q_proj.weight"]);
+    CHECK(idx["weight_map"]["model.layers.0.self_attn.k_proj.weight.norms"] ==
+          in_idx["weight_map"]["model.layers.0.self_attn.k_proj.weight"]);
+    CHECK(idx["weight_map"]["model.norm.weight"] == in_idx["weight_map"]["model.norm.weight"]);
+    CHECK(idx["metadata"]["total_size"] == fs::file_size(d / "out" / "model-00001-of-00002.safetensors") +
+                                               fs::file_size(d / "out" / "model-00002-of-00002.safetensors"));
+    check_output(d / "out", d / "in", m, [](const fake_tensor& t) {
+        return t.expect_bits ? 3 : t.name.find("vision_tower") != std::string::npos ? 3 : 0;
+    });
+    // Not a terminal: plain progress lines.
+    CHECK(r.err.find("[1/") != std::string::npos);
+    CHECK(r.err.find('\r') == std::string::npos);
+}
+
+TEST_CASE("hlwq-quantize: a recipe file, first match wins, \"keep\"") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in");
+    std::ofstream(d / "recipe.json") << R"({"default": 5, "rules": [
+        {"pattern": "layers\\.0\\.mlp", "bits": "keep"},
+        {"pattern": "down_proj", "bits": 6},
+        {"pattern": "mlp", "bits": 1}]})";
+    const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --recipe '" +
+                           (d / "recipe.json").string() + "'",
+                       d);
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    check_output(d / "out", d / "in", m, [](const fake_tensor& t) {
+        if (!t.expect_bits) return 0;
+        if (t.name.find("layers.0.mlp") != std::string::npos) return 0;
+        if (t.name.find("down_proj") != std::string::npos) return 6;
+        if (t.name.find("mlp") != std::string::npos) return 1;
+        return 5;
+    });
+    std::ofstream(d / "bad.json") << R"({"default": 5, "rules": [{"pattern": "(", "bits": 2}]})";
+    const auto bad = run("'" + (d / "in").string() + "' '" + (d / "out2").string() + "' --recipe '" + (d / "bad.json").string() + "'", d);
+    CHECK(bad.rc == 1);
+    CHECK(bad.err.find("invalid regex '('") != std::string::npos);
+    std::ofstream(d / "bad2.json") << R"({"default": 9})";
+    const auto bad2 = run("'" + (d / "in").string() + "' '" + (d / "out2").string() + "' --recipe '" + (d / "bad2.json").string() + "'", d);
+    CHECK(bad2.rc == 1);
+    CHECK(bad2.err.find("neither 1..8 nor \"keep\"") != std::string::npos);
+    CHECK_FALSE(fs::exists(d / "out2"));
+}
+
+TEST_CASE("hlwq-quantize: an existing OUT_DIR is refused without --force, replaced with it") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in");
+    fs::create_directories(d / "out");
+    std::ofstream(d / "out" / "keep.txt") << "mine";
+    const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("exists; pass --force to replace it") != std::string::npos);
+    CHECK(slurp(d / "out" / "keep.txt") == "mine");
+    const auto f = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4 --force", d);
+    CHECK(f.rc == 0);
+    CHECK_FALSE(fs::exists(d / "out" / "keep.txt"));
+    CHECK(fs::exists(d / "out" / "model.safetensors"));
+    CHECK(no_temp_left(d / "out"));
+}
+
+TEST_CASE("hlwq-quantize: errors leave no output behind") {
+    temp_dir d;
+    fake_model m;
+    SUBCASE("missing config.json") {
+        m.write(d / "in");
+        fs::remove(d / "in" / "config.json");
+        const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("no config.json") != std::string::npos);
+    }
+    SUBCASE("missing weights") {
+        m.write(d / "in");
+        fs::remove(d / "in" / "model.safetensors");
+        const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("neither model.safetensors nor") != std::string::npos);
+    }
+    SUBCASE("missing shard") {
+        m.write(d / "in", 2);
+        fs::remove(d / "in" / "model-00002-of-00002.safetensors");
+        const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("model-00002-of-00002.safetensors' named in the index is missing") != std::string::npos);
+    }
+    SUBCASE("NaN weight: names tensor, row and column") {
+        for (fake_tensor& t : m.tensors)
+            if (t.name == "model.layers.1.mlp.up_proj.weight") t.values[7 * 256 + 100] = NAN;
+        m.write(d / "in");
+        const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("tensor 'model.layers.1.mlp.up_proj.weight': hlwq::quantize: weight at row 7, column 100 is NaN") !=
+              std::string::npos);
+    }
+    SUBCASE("infinite weight in an expert") {
+        for (fake_tensor& t : m.tensors)
+            if (t.name == "model.layers.1.mlp.experts.gate_up_proj") t.values[2 * 64 * 256 + 3 * 256 + 5] = INFINITY;
+        m.write(d / "in");
+        const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("'model.layers.1.mlp.experts.gate_up_proj', expert 2: hlwq::quantize: weight at row 3, column 5 is infinite") !=
+              std::string::npos);
+    }
+    SUBCASE("write error (file size limit: EFBIG, as a full disk gives ENOSPC)") {
+        m.write(d / "in");
+        const auto r = run("'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4", d, "ulimit -f 64;");
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("error: safetensors: ") != std::string::npos);
+        CHECK(r.err.find("File too large") != std::string::npos);
+    }
+    SUBCASE("already quantized input") {
+        m.write(d / "in");
+        REQUIRE(run("'" + (d / "in").string() + "' '" + (d / "mid").string() + "' --bits 4", d).rc == 0);
+        const auto r = run("'" + (d / "mid").string() + "' '" + (d / "out").string() + "' --bits 4", d);
+        CHECK(r.rc == 1);
+        CHECK(r.err.find("already has a quantization_config") != std::string::npos);
+    }
+    CHECK_FALSE(fs::exists(d / "out"));
+    CHECK(no_temp_left(d / "out"));
+}
+
+TEST_CASE("hlwq-quantize: usage") {
+    temp_dir d;
+    const auto help = run("--help", d);
+    CHECK(help.rc == 0);
+    CHECK(help.out.starts_with("usage: hlwq-quantize"));
+    CHECK(help.out.find("vision_tower") != std::string::npos);
+    const auto unknown = run("a b --bits 4 --no-such-flag", d);
+    CHECK(unknown.rc == 2);
+    CHECK(unknown.err.find("unknown option '--no-such-flag'") != std::string::npos);
+    CHECK(run("a b", d).rc == 2);
+    CHECK(run("a b --bits 9", d).err.find("--bits: 9 is outside 1..8") != std::string::npos);
+    CHECK(run("a --bits 4", d).rc == 2);
+    CHECK(run("a b --bits", d).rc == 2);
+    CHECK(run("a b --recipe nosuch", d).rc == 2);
+    CHECK(run("a b --to-hlwq --bits 4", d).rc == 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// --to-hlwq on PolarQuant folders written here (int8, nibbles, Q5 LSB).
+// ---------------------------------------------------------------------------------------
+TEST_CASE("hlwq-quantize --to-hlwq: same codes, repacked, other tensors unchanged") {
+    temp_dir d;
+    const fs::path in = d / "polar";
+    fs::create_directories(in);
+    struct layer {
+        std::string prefix;
+        int bits;
+        polar_layout layout;
+        std::size_t rows, cols;
+    };
+    const std::vector<layer> layers{{"model.layers.0.self_attn.q_proj", 3, polar_layout::int8, 8, 200},
+                                    {"model.layers.0.mlp.up_proj", 4, polar_layout::nibbles, 6, 256},
+                                    {"model.layers.0.mlp.down_proj", 5, polar_layout::q5_lsb, 4, 384}};
+    std::vector<hlwq::quantized_matrix> qs;
+    std::vector<tensor_spec> specs{{"model.norm.weight", dtype::f32, {4}}};
+    std::vector<std::vector<std::uint8_t>> packed;
+    json lj = json::object();
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+        const layer& L = layers[i];
+        qs.push_back(hlwq::quantize(hlwq_test::gaussian(L.rows * L.cols, static_cast<unsigned>(i + 1)), L.rows, L.cols, L.bits));
+        const std::size_t padded = (L.cols + 127) / 128 * 128;
+        std::vector<std::uint8_t> bytes;
+        for (std::size_t r = 0; r < L.rows; ++r) {
+            std::vector<std::uint8_t> c(padded);
+            for (std::size_t b = 0; b < padded / 128; ++b)
+                hlwq::unpack_codes(L.bits, qs[i].block_codes(r, b), std::span(c).subspan(b * 128, 128));
+            if (L.layout == polar_layout::int8) bytes.insert(bytes.end(), c.begin(), c.end());
+            else if (L.layout == polar_layout::nibbles)
+                for (std::size_t b = 0; b < padded; b += 128)
+                    for (std::size_t k = 0; k < 64; ++k) bytes.push_back(static_cast<std::uint8_t>(c[b + k] | c[b + k + 64] << 4));
+            else
+                for (std::size_t t = 0; t < padded; t += 8) {  // 40-bit little-endian groups
+                    std::uint64_t g = 0;
+                    for (int k = 0; k < 8; ++k) g |= std::uint64_t(c[t + static_cast<std::size_t>(k)]) << (5 * k);
+                    for (int k = 0; k < 5; ++k) bytes.push_back(static_cast<std::uint8_t>(g >> (8 * k)));
+                }
+        }
+        packed.push_back(bytes);
+        specs.push_back({L.prefix + ".codes", L.layout == polar_layout::int8 ? dtype::i8 : dtype::u8,
+                         {std::int64_t(L.rows), std::int64_t(bytes.size() / L.rows)}});
+        specs.push_back({L.prefix + ".norms", dtype::f16, {std::int64_t(L.rows), std::int64_t(padded / 128)}});
+        specs.push_back({L.prefix + ".ct_scaled", dtype::f32, {std::int64_t(1) << L.bits}});
+        lj[L.prefix] = {{"in_features", L.cols}, {"out_features", L.rows}, {"in_features_padded", padded},
+                        {"n_blocks", padded / 128}, {"bits", L.bits}, {"packed", L.layout == polar_layout::nibbles},
+                        {"packed_q5", L.layout == polar_layout::q5_lsb}};
+    }
+    {
+        safetensors_writer w(in / "model.safetensors", specs);
+        const std::vector<float> norm{1, 2, 3, 4};
+        w.write("model.norm.weight", std::span<const float>(norm));
+        for (std::size_t i = 0; i < layers.size(); ++i) {
+            w.write(layers[i].prefix + ".codes", std::as_bytes(std::span<const std::uint8_t>(packed[i])));
+            w.write(layers[i].prefix + ".norms", std::span<const hlwq::half>(qs[i].norms));
+            std::vector<float> ct;
+            for (float c : qs[i].centroids) ct.push_back(c / std::sqrt(128.0f));
+            if (i == 2) ct[0] *= 1.01f;  // not the Lloyd-Max table: must travel with the tensor
+            w.write(layers[i].prefix + ".ct_scaled", std::span<const float>(ct));
+        }
+        w.finish();
+    }
+    std::ofstream(in / "polar_config.json") << json{{"format", "polar_engine_v4"}, {"block_size", 128}, {"layers", lj}}.dump();
+    std::ofstream(in / "config.json") << json{{"model_type", "polar"}}.dump();
+    std::ofstream(in / "tokenizer.json") << "{}";
+
+    const auto r = run("'" + in.string() + "' '" + (d / "out").string() + "' --to-hlwq", d);
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    CHECK_FALSE(fs::exists(d / "out" / "polar_config.json"));
+    CHECK(fs::exists(d / "out" / "tokenizer.json"));
+    const checkpoint c = checkpoint::open(d / "out");
+    REQUIRE(c.format() == checkpoint_format::hlwq);
+    CHECK(c.names().size() == 4);
+    CHECK(c.dense("model.norm.weight").to_vector<float>() == std::vector<float>{1, 2, 3, 4});
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+        CAPTURE(layers[i].prefix);
+        const auto v = c.quantized(layers[i].prefix + ".weight");
+        CHECK(v.bits == layers[i].bits);
+        CHECK(std::equal(v.codes.begin(), v.codes.end(), qs[i].codes.begin(), qs[i].codes.end()));
+        CHECK(std::memcmp(v.norms.data(), qs[i].norms.data(), v.norms.size() * 2) == 0);
+        const bool own = i == 2;
+        CHECK(c.tensors().contains(layers[i].prefix + ".weight.centroids") == own);
+        if (own) CHECK(v.centroids[0] == doctest::Approx(qs[i].centroids[0] * 1.01f));
+        else CHECK(v.centroids.data() == hlwq::lloyd_max_view(layers[i].bits).centroids.data());
+    }
+}
+
+#ifdef HLWQ_REAL_MODEL_DIR
+TEST_CASE("real model: hlwq-quantize --bits 4, mean NMSE within 10% of the Lloyd-Max MSE") {
+    temp_dir d;
+    const auto r = run("'" HLWQ_REAL_MODEL_DIR "' '" + (d / "out").string() + "' --bits 4 --json '" +
+                           (d / "r.json").string() + "'",
+                       d);
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    MESSAGE(r.out);
+    const json j = json::parse(slurp(d / "r.json"));
+    const double mean = j["nmse_mean"].get<double>(), limit = hlwq::lloyd_max_mse(4);
+    CHECK(j["bits"]["4"]["tensors"].get<int>() > 0);
+    CHECK(mean >= 0.9 * limit);
+    CHECK(mean <= 1.1 * limit);
+    // The output loads, and a quantized weight decodes close to the original.
+    const checkpoint in = checkpoint::open(HLWQ_REAL_MODEL_DIR), out = checkpoint::open(d / "out");
+    CHECK(out.format() == checkpoint_format::hlwq);
+    CHECK(out.names() == in.names());
+    for (const std::string& n : out.names()) {
+        if (!out.is_quantized(n)) continue;
+        const auto w = in.dense(n).to_vector<hlwq::bfloat16>();
+        std::vector<float> f;
+        for (auto x : w) f.push_back(static_cast<float>(x));
+        CHECK(nmse(f, hlwq::dequantize(out.quantized(n))) < 1.2 * limit);
+        break;
+    }
+}
+#endif
