@@ -218,12 +218,14 @@ TEST_CASE("HLWQ folder: every malformed case is rejected with the file and tenso
         }
     }
     SUBCASE("tensor entries") {
-        for (const auto& [value, message] :
+        for (const auto& bad :
              std::vector<std::pair<json, std::string>>{{json{{"bits", 9}, {"shape", {12, 300}}}, "bits 9 is outside"},
                                                        {json{{"bits", 4}, {"shape", {3600}}}, "shape must be"},
                                                        {json{{"bits", 4}, {"shape", {12, 0}}}, "not a positive"},
                                                        {json{{"bits", 4}}, "shape must be"},
                                                        {json(4), "not an object"}}) {
+            const json& value = bad.first;
+            const std::string& message = bad.second;
             CAPTURE(value.dump());
             temp_dir d;
             json cfg = good;

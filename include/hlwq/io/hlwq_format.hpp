@@ -494,7 +494,9 @@ private:
             if (!l->is_object()) fail("layers is not an object");
             layers = &*l;
         }
-        for (const auto& [prefix, e] : layers->items()) {
+        for (const auto& item : layers->items()) {
+            const std::string& prefix = item.key();
+            const nlohmann::json& e = item.value();
             if (!e.is_object()) continue;  // top-level scalars (format, block_size, ...)
             const std::string what = "layer '" + prefix + "': ";
             const auto size = [&](const char* key) {
