@@ -523,6 +523,13 @@ TEST_CASE("PolarQuant folder: malformed cases") {
     };
     const std::string L = "model.layers.0.self_attn.k_proj";
     CHECK_NOTHROW(open_with([](json&) {}));
+    // Layer entries may also sit at the top level, next to format and block_size.
+    const auto top = open_with([](json& j) {
+        for (auto& [k, v] : j["layers"].items()) j[k] = v;
+        j.erase("layers");
+    });
+    CHECK(top.is_quantized("model.layers.0.self_attn.k_proj.weight"));
+    CHECK(top.bits("model.layers.0.self_attn.k_proj.weight") == 4);
     CHECK_THROWS_WITH_AS(open_with([](json& j) { j["format"] = "polar_engine_v9"; }), Contains("polar_engine_v4"),
                          format_error);
     CHECK_THROWS_WITH_AS(open_with([&](json& j) { j["layers"][L]["bits"] = 9; }), Contains("bits 9 is outside"),
