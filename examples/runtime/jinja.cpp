@@ -287,7 +287,7 @@ public:
                     // lstrip_blocks: drop spaces/tabs between the line start and the tag.
                     std::size_t k = text.size();
                     while (k > 0 && (text[k - 1] == ' ' || text[k - 1] == '\t')) --k;
-                    if (k == 0 ? (text_at == 0 || src_[text_at - 1] == '\n' || strip_at_line_start(text_at)) : text[k - 1] == '\n')
+                    if (k == 0 ? (text_at == 0 || src_[text_at - 1] == '\n') : text[k - 1] == '\n')
                         text.erase(k);
                 }
             }
@@ -342,20 +342,25 @@ private:
         throw template_error(m, l, c);
     }
 
-    // A tag right after a previous tag's stripped text at the line start counts too.
-    bool strip_at_line_start(std::size_t) const { return false; }
-
+    // 1-based line and column (in code points) of byte offset `at`; incremental, since the lexer
+    // asks for increasing offsets.
     std::pair<std::size_t, std::size_t> position(std::size_t at) const {
-        std::size_t line = 1, col = 1;
-        for (std::size_t k = 0; k < at && k < src_.size(); ++k) {
-            if (src_[k] == '\n') {
-                ++line;
-                col = 1;
-            } else if ((static_cast<unsigned char>(src_[k]) & 0xC0) != 0x80) {
-                ++col;
+        at = std::min(at, src_.size());
+        if (at < pos_at_) {
+            pos_at_ = 0;
+            pos_line_ = 1;
+            pos_col_ = 1;
+        }
+        for (; pos_at_ < at; ++pos_at_) {
+            const auto c = static_cast<unsigned char>(src_[pos_at_]);
+            if (c == '\n') {
+                ++pos_line_;
+                pos_col_ = 1;
+            } else if ((c & 0xC0) != 0x80) {
+                ++pos_col_;
             }
         }
-        return {line, col};
+        return {pos_line_, pos_col_};
     }
 
     std::size_t find_open(std::size_t from) const {
@@ -489,6 +494,7 @@ private:
     }
 
     std::string_view src_;
+    mutable std::size_t pos_at_ = 0, pos_line_ = 1, pos_col_ = 1;
 };
 
 // ---------------------------------------------------------------------------------------------
