@@ -2,8 +2,8 @@
 # ctest fixture: make (or reuse) the tokenizer reference data with the JavaScript reference.
 #   cmake -DNODE=<node> -DSOURCE_DIR=<tests/runtime> -DOUT=<dir> -P make_reference.cmake
 # Fails, with what to run, when Node.js or the npm packages are missing.
-set(_hint "run tools/setup.sh (installs Node.js if needed and runs `npm ci` in tests/runtime), "
-          "or by hand: (cd ${SOURCE_DIR} && npm ci) && node ${SOURCE_DIR}/make_reference.mjs ${OUT}")
+string(CONCAT _hint "run tools/setup.sh (installs Node.js if needed and runs `npm ci` in tests/runtime), "
+       "or by hand: (cd ${SOURCE_DIR} && npm ci) && node ${SOURCE_DIR}/make_reference.mjs ${OUT}")
 if(NOT NODE OR NOT EXISTS "${NODE}")
     message(FATAL_ERROR "tokenizer reference: Node.js was not found when CMake configured; ${_hint}")
 endif()
