@@ -6,9 +6,12 @@
 //                  matvec/stream      a read of the PQ4 matrix's bytes (summing 64-bit words):
 //                                     the bandwidth bound, the x-baseline column
 //                  matvec/dense_f32, matvec/dense_bf16   dense matvec, same threads
-//                  matvec/PQ<b>       hlwq::matvec; "speedup" = dense_f32 time / its time
+//                  matvec/PQ<b>       hlwq::matvec, fp32 activations (exact);
+//                                     "speedup" = dense_f32 time / its time
+//                  matvec/PQ<b>/int8  hlwq::matvec with int8 activations (llama.cpp's way)
 //   matmul/...   4096 x 4096 times a batch of 8, 32, 128 tokens, one thread; items = flops
-//                (2 · rows · cols · batch); matmul/dense_f32/<n> is Eigen's product.
+//                (2 · rows · cols · batch); matmul/dense_f32/<n> is Eigen's product;
+//                matmul/PQ<b>/int8/<n> uses int8 activations.
 #include <hlwq/matmul.hpp>
 
 #include <Eigen/Core>
@@ -21,6 +24,7 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -123,16 +127,18 @@ void add_dense_matvec() {
         });
 }
 
-void add_matvec(int bits) {
+void add_matvec(int bits, hlwq::activation_precision precision) {
     const std::size_t bytes = stored_bytes(bits);
-    add({"matvec/PQ" + std::to_string(bits), "matvec", bytes, kRows * kCols, "matvec/stream", "matvec/dense_f32"},
-        [bits, bytes](benchmark::State& st) {
+    const bool int8 = precision == hlwq::activation_precision::int8;
+    add({"matvec/PQ" + std::to_string(bits) + (int8 ? "/int8" : ""), "matvec", bytes, kRows * kCols, "matvec/stream",
+         "matvec/dense_f32"},
+        [bits, bytes, precision](benchmark::State& st) {
             const auto& q = quantized(bits);
             if (q.storage_bytes() != bytes) st.SkipWithError("stored_bytes() disagrees with the matrix");
             const auto x = gaussian(kCols, 2);
             std::vector<float> y(kRows);
             for (auto _ : st) {
-                hlwq::matvec(q, x, y, kThreads);
+                hlwq::matvec(q, x, y, {.threads = kThreads, .activations = precision});
                 benchmark::DoNotOptimize(y.data());
             }
             st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * kRows * kCols));
@@ -163,14 +169,16 @@ void add_matmul(std::size_t n) {
         }
         st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * 2 * kMmRows * kMmCols * n));
     });
-    for (int bits : {2, 4, 8}) {
-        add({"matmul/PQ" + std::to_string(bits) + "/" + std::to_string(n), "matmul", 0, flops, "", dense},
-            [n, bits](benchmark::State& st) {
+    for (const auto& [bits, precision] : {std::pair{2, hlwq::activation_precision::f32}, std::pair{4, hlwq::activation_precision::f32},
+                                           std::pair{8, hlwq::activation_precision::f32}, std::pair{4, hlwq::activation_precision::int8}}) {
+        const bool int8 = precision == hlwq::activation_precision::int8;
+        add({"matmul/PQ" + std::to_string(bits) + (int8 ? "/int8/" : "/") + std::to_string(n), "matmul", 0, flops, "", dense},
+            [n, bits, precision](benchmark::State& st) {
                 const auto& q = mm_quantized(bits);
                 const auto x = gaussian(n * kMmCols, 3);
                 std::vector<float> y(n * kMmRows);
                 for (auto _ : st) {
-                    hlwq::matmul(q, x, n, y, 1);
+                    hlwq::matmul(q, x, n, y, {.threads = 1, .activations = precision});
                     benchmark::DoNotOptimize(y.data());
                 }
                 st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * 2 * kMmRows * kMmCols * n));
@@ -189,7 +197,8 @@ int main(int argc, char** argv) {
     hlwq_bench::speedup_note() = "dense fp32 time / its time";
     add_stream(stored_bytes(4));
     add_dense_matvec();
-    for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits);
+    for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::f32);
+    for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::int8);
     for (std::size_t n : {8, 32, 128}) add_matmul(n);
     return hlwq_bench::run_main(argc, argv);
 }

@@ -542,21 +542,17 @@ struct kernels<backend::cpu<Arch>> {
     }
 
     /// Puts one block of int8 activations in the order dot_row_int8<Bits> reads codes in.
-    /// AVX-512 VNNI, 4 bits: each 128 values become the low nibbles (codes 32k + 0..15 of
-    /// the four groups) then the high nibbles (codes 32k + 16..31). Identity otherwise.
+    /// AVX-512 VNNI, 2 to 6 bits and blocks of 128k: each 128 values in the order of
+    /// fused_slot_code(). Identity otherwise.
     template <int Bits>
     static void order_activations_int8(std::int8_t* x, std::size_t block) noexcept {
 #if HLWQ_CPU_HAS_VNNI
-        if constexpr (Bits == 4 && std::is_base_of_v<xsimd::avx512bw, Arch>) {
+        if constexpr (fused_int8(Bits) && std::is_base_of_v<xsimd::avx512bw, Arch>) {
             if (block % 128 != 0) return;
             std::int8_t chunk[128];
             for (std::size_t p = 0; p < block; p += 128) {
                 std::copy_n(x + p, 128, chunk);
-                for (std::size_t k = 0; k < 4; ++k)
-                    for (std::size_t i = 0; i < 16; ++i) {
-                        x[p + 16 * k + i] = chunk[32 * k + i];
-                        x[p + 64 + 16 * k + i] = chunk[32 * k + 16 + i];
-                    }
+                for (std::size_t j = 0; j < 128; ++j) x[p + j] = chunk[fused_slot_code(Bits, j)];
             }
         }
 #endif
@@ -616,88 +612,178 @@ private:
     static_assert(std::endian::native == std::endian::little, "SWAR unpack assumes little endian");
 
 #if HLWQ_CPU_HAS_VNNI
+    /// Widths whose int8 kernel reads codes straight from the packed planes, 128 at a time.
+    static constexpr bool fused_int8(int bits) noexcept { return bits >= 2 && bits <= 6; }
+
+    /// Which code of a 128-code chunk slot j (0..127) of the fused int8 kernel holds: slots
+    /// 0..63 are the first register chunk_codes() gives, 64..127 the second.
+    /// 4-bit planes (4, 5, 6 bits): a register holds, per 16-byte lane g, codes 32g + 0..15
+    /// (low nibbles) or 32g + 16..31 (high nibbles). 2-bit planes (2, 3 bits): the 32 plane
+    /// bytes in both halves of a register, half h shifted by 2s, s = 2·register + h, hold
+    /// codes 32g + 8s + i at byte 32h + 8g + i.
+    static constexpr std::size_t fused_slot_code(int bits, std::size_t j) noexcept {
+        const std::size_t reg = j / 64, k = j % 64;
+        if (bits >= 4) return 32 * (k / 16) + 16 * reg + k % 16;
+        const std::size_t h = k / 32, m = k % 32;
+        return 32 * (m / 8) + m % 8 + 8 * (2 * reg + h);
+    }
+
+    /// The two registers of byte codes (order: fused_slot_code) of chunk p (codes 128p ..
+    /// 128p + 127) of a block of `block` codes packed at `codes`.
+    template <int Bits>
+    static void chunk_codes(const std::uint8_t* codes, std::size_t block, std::size_t p, __m512i& r0,
+                            __m512i& r1) noexcept {
+        constexpr __mmask64 all = ~__mmask64{0};
+        constexpr __mmask32 all16 = ~__mmask32{0};
+        if constexpr (Bits >= 4) {
+            const __m512i low4 = _mm512_set1_epi8(0x0F);
+            const __m512i v = _mm512_loadu_si512(codes + 64 * p);
+            r0 = _mm512_and_si512(v, low4);
+            r1 = _mm512_and_si512(_mm512_maskz_srli_epi16(all16, v, 4), low4);
+            if constexpr (Bits == 5) {
+                // 1-bit plane: word g bit t = bit 4 of code 32g + t. Low halves of the four
+                // words are register 0's mask, high halves register 1's.
+                const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + block / 2 + 16 * p));
+                const __m128i m = _mm_shuffle_epi8(w, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+                const __m512i bit4 = _mm512_set1_epi8(0x10);
+                r0 = _mm512_mask_or_epi32(r0, 0xFFFF, r0,
+                                          _mm512_maskz_mov_epi8(_cvtu64_mask64(static_cast<std::uint64_t>(_mm_cvtsi128_si64(m))), bit4));
+                r1 = _mm512_mask_or_epi32(r1, 0xFFFF, r1,
+                                          _mm512_maskz_mov_epi8(_cvtu64_mask64(static_cast<std::uint64_t>(_mm_extract_epi64(m, 1))), bit4));
+            } else if constexpr (Bits == 6) {
+                // 2-bit plane of group g: byte 8g + i holds bits 4..5 of codes 32g + i + 8s at
+                // shift 2s. Lane g of d = its 8 bytes twice; shift each to bits 4..5.
+                const __m512i src = _mm512_castsi256_si512(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + block / 2 + 32 * p)));
+                alignas(64) static constexpr std::array<std::uint8_t, 64> spread = [] {
+                    std::array<std::uint8_t, 64> a{};
+                    for (std::size_t t = 0; t < 64; ++t) a[t] = static_cast<std::uint8_t>(8 * (t / 16) + t % 8);
+                    return a;
+                }();
+                const __m512i d = _mm512_maskz_permutexvar_epi8(all, _mm512_load_si512(spread.data()), src);
+                const __m512i bits45 = _mm512_set1_epi8(0x30);
+                // words 0..3 of a lane are bytes t < 8 (s = 0 or 2), words 4..7 bytes t >= 8
+                const __m512i left = _mm512_set_epi64(0x0002000200020002, 0x0004000400040004, 0x0002000200020002,
+                                                      0x0004000400040004, 0x0002000200020002, 0x0004000400040004,
+                                                      0x0002000200020002, 0x0004000400040004);
+                const __m512i right = _mm512_set_epi64(0x0002000200020002, 0, 0x0002000200020002, 0,
+                                                       0x0002000200020002, 0, 0x0002000200020002, 0);
+                r0 = _mm512_or_si512(r0, _mm512_and_si512(_mm512_maskz_sllv_epi16(all16, d, left), bits45));
+                r1 = _mm512_or_si512(r1, _mm512_and_si512(_mm512_maskz_srlv_epi16(all16, d, right), bits45));
+            }
+        } else {
+            const __m512i v = _mm512_mask_broadcast_i64x4(
+                _mm512_setzero_si512(), 0xFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * p)));
+            const __m512i low2 = _mm512_set1_epi8(0x03);
+            r0 = _mm512_and_si512(_mm512_maskz_srlv_epi16(all16, v, _mm512_set_epi64(0x0002000200020002, 0x0002000200020002,
+                                                                           0x0002000200020002, 0x0002000200020002, 0, 0, 0, 0)),
+                                  low2);
+            r1 = _mm512_and_si512(_mm512_maskz_srlv_epi16(all16, v, _mm512_set_epi64(0x0006000600060006, 0x0006000600060006,
+                                                                                     0x0006000600060006, 0x0006000600060006,
+                                                                                     0x0004000400040004, 0x0004000400040004,
+                                                                                     0x0004000400040004, 0x0004000400040004)),
+                                  low2);
+            if constexpr (Bits == 3) {
+                // 1-bit plane: byte s of word g holds bit 2 of codes 32g + 8s + i; gather
+                // byte s of the four words for s = 0, 1 (register 0) and 2, 3 (register 1).
+                const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + block / 4 + 16 * p));
+                const __m128i m = _mm_shuffle_epi8(w, _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+                const __m512i bit2 = _mm512_set1_epi8(0x04);
+                r0 = _mm512_mask_or_epi32(r0, 0xFFFF, r0,
+                                          _mm512_maskz_mov_epi8(_cvtu64_mask64(static_cast<std::uint64_t>(_mm_cvtsi128_si64(m))), bit2));
+                r1 = _mm512_mask_or_epi32(r1, 0xFFFF, r1,
+                                          _mm512_maskz_mov_epi8(_cvtu64_mask64(static_cast<std::uint64_t>(_mm_extract_epi64(m, 1))), bit2));
+            }
+        }
+        (void)all;
+    }
+
     /// dot_row_int8 on AVX-512 VNNI (block >= 64, a power of two).
     template <int Bits>
     static float dot_row_vnni(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
                               const std::int16_t* table, const std::int8_t* xq, const float* xscale,
                               const std::int32_t* xsum) {
         constexpr __mmask64 all = ~__mmask64{0};
+        constexpr __mmask32 all16 = ~__mmask32{0};
         constexpr std::size_t levels = std::size_t{1} << Bits;
+        constexpr bool narrow = int_table_max<Bits> == 127;
         const std::size_t block_bytes = block * Bits / 8;
+        const bool fused = fused_int8(Bits) && block % 128 == 0;  // else: unpack, natural order
         __m512 acc = _mm512_setzero_ps();
-        // Folds one block's exact integer lanes into the float accumulator.
-        auto fold = [&](__m512i lanes, std::size_t b) {
-            const __m512 s = _mm512_set1_ps(static_cast<float>(norms[b]) * xscale[b]);
-            acc = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes), s, acc);
+        // Block scales norm_b · xscale_b, 16 at a time (F16C converts the norms).
+        alignas(64) float scales[16];
+        auto load_scales = [&](std::size_t b) {
+            const auto m = static_cast<__mmask16>(blocks - b >= 16 ? 0xFFFF : (1u << (blocks - b)) - 1);
+            const __m512 n = _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + b));
+            _mm512_store_ps(scales, _mm512_maskz_mul_ps(m, n, _mm512_maskz_loadu_ps(m, xscale + b)));
         };
-        if constexpr (int_table_max<Bits> == 127) {
-            alignas(64) std::uint8_t biased[64] = {};
-            for (std::size_t k = 0; k < 64; ++k)
-                biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);  // 4 bits: 16 per lane
-            const __m512i lut = _mm512_load_si512(biased);
-            if (Bits == 4 && block % 128 == 0) {  // activations in order_activations_int8's order
-                const __m512i low4 = _mm512_set1_epi8(0x0F);
-                for (std::size_t b = 0; b < blocks; ++b) {
-                    __m512i lanes = _mm512_maskz_set1_epi32(1, -128 * xsum[b]);
-                    for (std::size_t p = 0; p < block; p += 128, codes += 64, xq += 128) {
-                        const __m512i v = _mm512_loadu_si512(codes);
-                        const __m512i lo = _mm512_and_si512(v, low4);
-                        const __m512i hi = _mm512_and_si512(_mm512_maskz_srli_epi16(~__mmask32{0}, v, 4), low4);
-                        lanes = _mm512_dpbusd_epi32(lanes, _mm512_maskz_shuffle_epi8(all, lut, lo),
-                                                    _mm512_loadu_si512(xq));
-                        lanes = _mm512_dpbusd_epi32(lanes, _mm512_maskz_shuffle_epi8(all, lut, hi),
-                                                    _mm512_loadu_si512(xq + 64));
-                    }
-                    fold(lanes, b);
-                }
-            } else {  // natural order
-                alignas(64) std::uint8_t unpacked[1024];
-                for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes) {
-                    unpack<Bits>(codes, block, unpacked);
-                    __m512i lanes = _mm512_maskz_set1_epi32(1, -128 * xsum[b]);
-                    for (std::size_t p = 0; p < block; p += 64, xq += 64) {
-                        const __m512i w = _mm512_maskz_permutexvar_epi8(all, _mm512_load_si512(unpacked + p), lut);
-                        lanes = _mm512_dpbusd_epi32(lanes, w, _mm512_loadu_si512(xq));
-                    }
-                    fold(lanes, b);
+        // Narrow tables: biased by 128 to unsigned bytes, one byte-permute register (vpermb
+        // reads 6 index bits). Wide tables: int16 words, a pair of registers per 64 entries.
+        alignas(64) std::uint8_t biased[64] = {};
+        alignas(64) std::int16_t words[256] = {};
+        for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
+        std::copy_n(table, levels, words);
+        const __m512i lut = _mm512_load_si512(biased);
+        constexpr std::size_t pairs = narrow ? 1 : levels / 64;
+        __m512i t[2 * pairs];
+        for (std::size_t k = 0; k < 2 * pairs; ++k) t[k] = _mm512_load_si512(words + 32 * k);
+        // 32 word indices -> int16 centroids
+        auto lookup16 = [&](__m512i idx) {
+            __m512i w = _mm512_permutex2var_epi16(t[0], idx, t[1]);
+            if constexpr (pairs >= 2) {
+                const __mmask32 hi6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
+                w = _mm512_mask_blend_epi16(hi6, w, _mm512_permutex2var_epi16(t[2], idx, t[3]));
+                if constexpr (pairs == 4) {
+                    const __m512i w2 = _mm512_mask_blend_epi16(hi6, _mm512_permutex2var_epi16(t[4], idx, t[5]),
+                                                               _mm512_permutex2var_epi16(t[6], idx, t[7]));
+                    w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(128)), w, w2);
                 }
             }
-        } else {
-            // int16 table in registers of 32 words; a code picks a pair of registers
-            // (permutex2var reads 6 bits) and, past 64 entries, a blend on bits 6 and 7.
-            alignas(64) std::int16_t words[256] = {};
-            std::copy_n(table, levels, words);
-            constexpr std::size_t pairs = levels / 64;
-            __m512i t[2 * pairs];
-            for (std::size_t k = 0; k < 2 * pairs; ++k) t[k] = _mm512_load_si512(words + 32 * k);
-            alignas(64) std::uint8_t unpacked[1024];
-            for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes) {
-                unpack<Bits>(codes, block, unpacked);
-                __m512i lanes = _mm512_setzero_si512();
-                for (std::size_t p = 0; p < block; p += 32, xq += 32) {
-                    const __m512i idx = _mm512_maskz_cvtepu8_epi16(
-                        ~__mmask32{0}, _mm256_load_si256(reinterpret_cast<const __m256i*>(unpacked + p)));
-                    __m512i w = _mm512_permutex2var_epi16(t[0], idx, t[1]);
-                    if constexpr (pairs >= 2) {
-                        const __m512i w1 = _mm512_permutex2var_epi16(t[2], idx, t[3]);
-                        w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w, w1);
-                    }
-                    if constexpr (pairs == 4) {
-                        __m512i w2 = _mm512_permutex2var_epi16(t[4], idx, t[5]);
-                        const __m512i w3 = _mm512_permutex2var_epi16(t[6], idx, t[7]);
-                        w2 = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(64)), w2, w3);
-                        w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(128)), w, w2);
-                    }
+            return w;
+        };
+        // 64 byte codes against 64 int8 activations, into int32 lanes
+        auto dot64 = [&](__m512i lanes, __m512i idx, const std::int8_t* x) {
+            if constexpr (narrow) {
+                const __m512i w = Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx) : _mm512_maskz_permutexvar_epi8(all, idx, lut);
+                return _mm512_dpbusd_epi32(lanes, w, _mm512_loadu_si512(x));
+            } else {
+                for (int h = 0; h < 2; ++h) {
+                    const __m512i i16 = _mm512_maskz_cvtepu8_epi16(all16, h ? _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 1)
+                                                                            : _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 0));
                     const __m512i x16 = _mm512_maskz_cvtepi8_epi16(
-                        ~__mmask32{0}, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq)));
-                    lanes = _mm512_dpwssd_epi32(lanes, w, x16);
+                        all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * h)));
+                    lanes = _mm512_dpwssd_epi32(lanes, lookup16(i16), x16);
                 }
-                fold(lanes, b);
+                return lanes;
             }
+        };
+        alignas(64) std::uint8_t unpacked[1024];
+        for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes, xq += block) {
+            if (b % 16 == 0) load_scales(b);
+            __m512i lanes = narrow ? _mm512_maskz_set1_epi32(1, -128 * xsum[b]) : _mm512_setzero_si512();
+            if (fused) {
+                for (std::size_t p = 0; p < block / 128; ++p) {
+                    __m512i r0, r1;
+                    chunk_codes<Bits>(codes, block, p, r0, r1);
+                    lanes = dot64(lanes, r0, xq + 128 * p);
+                    lanes = dot64(lanes, r1, xq + 128 * p + 64);
+                }
+            } else {
+                unpack<Bits>(codes, block, unpacked);
+                for (std::size_t p = 0; p < block; p += 64) lanes = dot64(lanes, _mm512_load_si512(unpacked + p), xq + p);
+            }
+            acc = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes), _mm512_set1_ps(scales[b % 16]), acc);
         }
-        return xsimd::hadd(batch(acc));
+        (void)all;
+        (void)all16;
+        alignas(64) float sums[16];  // pairwise sum of the lanes (no 256-bit extracts: GCC bug 105593)
+        _mm512_store_ps(sums, acc);
+        for (std::size_t h = 8; h > 0; h /= 2)
+            for (std::size_t i = 0; i < h; ++i) sums[i] += sums[i + h];
+        return sums[0];
     }
 #endif
+
 
     /// The in-register WHT stages, strides H, 2H, ... < width: lane i pairs with lane i ^ H
     /// and becomes x[i] + x[i^H] (bit H clear) or x[i^H] - x[i] (bit H set).
