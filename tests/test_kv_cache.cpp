@@ -480,3 +480,50 @@ TEST_CASE("bad input is an std::invalid_argument or std::length_error, and leave
     CHECK(c.size() == 0);
     CHECK_NOTHROW(c.append(kv, kv, 3));
 }
+
+TEST_CASE_TEMPLATE("truncate: dropping the last tokens equals never having appended them", P, fp16_policy, pq<3>) {
+    const std::size_t n_kv = 2, d = 32, nq = 4;
+    const auto k = hlwq_test::gaussian(40 * n_kv * d, 11);
+    const auto v = hlwq_test::gaussian(40 * n_kv * d, 12);
+    const auto tok = [&](const std::vector<float>& x, std::size_t t0, std::size_t n) {
+        return std::span<const float>(x.data() + t0 * n_kv * d, n * n_kv * d);
+    };
+    for (std::optional<std::size_t> window : {std::optional<std::size_t>{}, std::optional<std::size_t>{6}}) {
+        CAPTURE(window.value_or(0));
+        // A window of 6 in a ring of 10: truncating from 12 to 9 keeps positions 2..8 (a query at 9
+        // needs 4..8); to 5 it would need 0, overwritten by 10 and 11.
+        kv_cache<P> c({.n_kv_heads = n_kv, .head_dim = d, .capacity = window ? std::size_t{10} : std::size_t{40}, .sliding_window = window});
+        kv_cache<P> ref({.n_kv_heads = n_kv, .head_dim = d, .capacity = window ? std::size_t{10} : std::size_t{40}, .sliding_window = window});
+        c.append(tok(k, 0, 12), tok(v, 0, 12), 12);
+        CHECK_THROWS_AS(c.truncate(13), std::invalid_argument);
+        if (window) {
+            CHECK_THROWS_AS(c.truncate(5), std::invalid_argument);
+            CHECK(c.next_position() == 12);  // unchanged by the refusal
+        }
+        c.truncate(9);
+        CHECK(c.next_position() == 9);
+        CHECK(c.first_position() == (window ? 2u : 0u));
+        // Different tokens at 9.. than the first time.
+        c.append(tok(k, 20, 8), tok(v, 20, 8), 8);
+        ref.append(tok(k, 0, 9), tok(v, 0, 9), 9);
+        ref.append(tok(k, 20, 8), tok(v, 20, 8), 8);
+        CHECK(c.next_position() == 17);
+        CHECK(c.first_position() == ref.first_position());
+        std::vector<float> a(d), b(d), oc(nq * d), orf(nq * d);
+        for (std::size_t p = ref.first_position(); p < 17; ++p) {
+            c.key(p, 1, a);
+            ref.key(p, 1, b);
+            CHECK(a == b);
+            c.value(p, 0, a);
+            ref.value(p, 0, b);
+            CHECK(a == b);
+        }
+        const auto q = hlwq_test::gaussian(nq * d, 13);
+        c.attention(q, nq, oc);
+        ref.attention(q, nq, orf);
+        CHECK(oc == orf);
+        c.truncate(0);
+        CHECK(c.empty());
+        CHECK(c.first_position() == 0);
+    }
+}

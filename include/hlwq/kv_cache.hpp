@@ -453,14 +453,16 @@ public:
     /// Token slots per head.
     std::size_t capacity() const noexcept { return cfg_.capacity; }
 
-    /// Tokens held now: min(tokens appended, capacity).
-    std::size_t size() const noexcept { return std::min(seen_, cfg_.capacity); }
+    /// Tokens held now: min(tokens appended, capacity), less what truncate() made unreachable.
+    std::size_t size() const noexcept { return seen_ - first_position(); }
     /// True before the first append.
     bool empty() const noexcept { return seen_ == 0; }
     /// Position the next appended token gets (= tokens appended so far).
     std::size_t next_position() const noexcept { return seen_; }
     /// Oldest position still held (0 until a ring buffer wraps).
-    std::size_t first_position() const noexcept { return seen_ - size(); }
+    std::size_t first_position() const noexcept {
+        return std::max(floor_, seen_ > cfg_.capacity ? seen_ - cfg_.capacity : std::size_t{0});
+    }
 
     /// Bytes of one stored vector (key or value of one head).
     std::size_t record_bytes() const noexcept { return rec_; }
@@ -471,7 +473,31 @@ public:
     std::size_t bytes() const noexcept { return keys_.size() + values_.size(); }
 
     /// Forgets all tokens; positions start at 0 again. Keeps the memory.
-    void clear() noexcept { seen_ = 0; }
+    void clear() noexcept { seen_ = floor_ = 0; }
+
+    /// Forgets the tokens at positions n and later: the next append gets position n (e.g. to
+    /// re-use a shared prompt prefix). n = 0 is clear(). With a sliding window the ring must
+    /// still hold what a query at position n sees (positions n-w+1 … n-1): overwritten slots
+    /// cannot come back, so a ring that wrapped past them cannot be truncated that far.
+    /// @throws std::invalid_argument if n > next_position() or, with a window, a position a
+    ///   query at n needs is no longer held; the cache is then unchanged.
+    void truncate(std::size_t n) {
+        if (n > seen_)
+            throw std::invalid_argument("hlwq::kv_cache::truncate: position " + std::to_string(n) +
+                                        " is past the " + std::to_string(seen_) + " tokens appended");
+        if (n == 0) {
+            clear();
+            return;
+        }
+        const std::size_t first = first_position();
+        if (lowest_visible(n) < first)
+            throw std::invalid_argument("hlwq::kv_cache::truncate: a query at position " + std::to_string(n) +
+                                        " needs position " + std::to_string(lowest_visible(n)) +
+                                        ", already overwritten in the ring buffer (oldest held: " +
+                                        std::to_string(first) + ")");
+        floor_ = first;
+        seen_ = n;
+    }
 
     /// Appends n_tokens tokens: k and v hold [n_tokens][n_kv_heads][head_dim] floats, keys
     /// after RoPE. Either all of them are stored or, on an exception, none.
@@ -689,6 +715,7 @@ private:
     kv_cache_config cfg_;
     std::size_t rec_ = 0;
     std::size_t seen_ = 0;
+    std::size_t floor_ = 0;  // oldest position truncate() left reachable (slots below it may be reused)
     std::vector<std::uint8_t> keys_, values_;  // [n_kv_heads][capacity][record]
 };
 
