@@ -754,7 +754,7 @@ int run(const options& o) {
                     by_nmse.size(), ratio_mean);
         std::printf("worst %zu:\n", std::min<std::size_t>(10, by_nmse.size()));
         for (std::size_t i = 0; i < by_nmse.size() && i < 10; ++i)
-            std::printf("  %.4e  PQ%d  (x%.3f of the limit)  %s\n", *by_nmse[i]->nmse, by_nmse[i]->bits,
+            std::printf("  %.4e  PQ%d  (x%.3f of Lloyd-Max)  %s\n", *by_nmse[i]->nmse, by_nmse[i]->bits,
                         *by_nmse[i]->nmse / hlwq::lloyd_max_mse(by_nmse[i]->bits), by_nmse[i]->name.c_str());
     }
     std::printf("size: %s -> %s (x%.2f)\n", human_bytes(static_cast<double>(in_bytes)).c_str(),
