@@ -18,7 +18,8 @@ namespace hlwq::rt {
 struct model_options {
     /// Worker threads for the products and attention; 0 = one per hardware thread.
     unsigned threads = 0;
-    /// KV-cache code width: 0 = fp16 cache, 2..4 = HLWQ-compressed cache (hlwq_policy<Bits>).
+    /// KV-cache code width: 0 = fp16 cache, 2..4 = HLWQ-compressed cache (hlwq_policy<Bits>),
+    /// 32 = fp32 cache (exact, twice fp16's memory: reference runs and parity tests).
     int kv_bits = 0;
     /// Quantized linear layers use int8 activations (fast, llama.cpp's way) instead of
     /// exact fp32 ones. Dense (unquantized) layers always compute in fp32.

@@ -347,6 +347,34 @@ using fp16_policy = dense_policy<half>;
 /// bf16 keys and values (2 bytes per element).
 using bf16_policy = dense_policy<bfloat16>;
 
+/// Storage policy keeping keys and values as fp32 (4 bytes per element): exact, for reference
+/// runs and parity tests against fp32 frameworks. Any head_dim.
+struct f32_policy {
+    /// "f32".
+    static constexpr const char* name() noexcept { return "f32"; }
+    /// Throws std::invalid_argument for head_dim 0.
+    static void check_head_dim(std::size_t d) {
+        if (d == 0) throw std::invalid_argument("hlwq::kv_cache: head_dim must be positive");
+    }
+    /// 4 bytes per element.
+    static constexpr std::size_t record_bytes(std::size_t d) noexcept { return d * sizeof(float); }
+    /// Why v cannot be stored: a NaN or infinite element.
+    static std::optional<std::string> problem(const float* v, std::size_t d) {
+        return detail::dense_problem<float>(v, d);
+    }
+    /// Copies v.
+    static void store(const float* v, std::size_t d, std::uint8_t* rec) noexcept {
+        std::memcpy(rec, v, d * sizeof(float));
+    }
+    /// buf = the stored values; the factor is 1.
+    static float decode(const std::uint8_t* rec, std::size_t d, float* buf) noexcept {
+        std::memcpy(buf, rec, d * sizeof(float));
+        return 1.0f;
+    }
+    /// The identity.
+    static void to_domain(float*, std::size_t) noexcept {}
+};
+
 /// Storage policy keeping each key and value vector as HLWQ: fp16 norm + `Bits`-bit Lloyd-Max
 /// codes of the rotated vector (see kv_cache.hpp), 2 + head_dim·Bits/8 bytes. head_dim must
 /// be a power of two in 16..1024. `Backend` runs the WHT, encoding and packing.
