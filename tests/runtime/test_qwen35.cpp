@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +25,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
@@ -427,3 +430,46 @@ TEST_CASE("qwen35 fixtures: HLWQ weights (codes == dequantized fp32; logit error
         MESSAGE(v << ": max|dlogit|/max|logit| vs transformers:" << line.str());
     }
 }
+
+#ifdef HLWQ_QWEN35_CHAT_EXE
+namespace {
+
+/// Runs qwen35_chat with `args` through the shell; returns (exit status, stdout).
+std::pair<int, std::string> run_qwen35_chat(const std::vector<std::string>& args) {
+    std::string cmd = std::string("'") + HLWQ_QWEN35_CHAT_EXE + "'";
+    for (const auto& a : args) cmd += " '" + a + "'";
+    cmd += " 2>/dev/null </dev/null";
+    std::string out;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    char buf[4096];
+    std::size_t n = 0;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace
+
+TEST_CASE("qwen35_chat: --ids --logits-out and --ids --greedy equal transformers on the fixtures") {
+    for (const char* v : qwen_variants) {
+        CAPTURE(v);
+        const fixture_ref ref(v);
+        scratch_dir dir(std::string("chat_") + v);
+        const fs::path logits = dir.path() / "logits.safetensors";
+        // fp16 KV cache (the program's default): within 2e-3 of max|logit| (see the first test).
+        const auto [rc, out] = run_qwen35_chat({"--model", (qwen_fixtures / v).string(), "--ids", join(ref.input_ids),
+                                                "--logits-out", logits.string(), "--threads", "2"});
+        REQUIRE(rc == 0);
+        const auto file = hlwq::io::safetensors_file::open(logits);
+        const auto view = file.view("logits");
+        std::vector<float> got(view.numel());
+        view.copy_to(std::span<float>(got));
+        CHECK(rel_error(got, ref.logits) <= 2e-3);
+        const auto [rc2, greedy] = run_qwen35_chat(
+            {"--model", (qwen_fixtures / v).string(), "--ids", join(ref.prompt_ids), "--greedy", "16", "--threads", "2"});
+        REQUIRE(rc2 == 0);
+        CHECK(greedy.find(join(ref.greedy_ids)) != std::string::npos);
+    }
+}
+#endif
