@@ -4,7 +4,9 @@
 // and, when present, the trained model ../shared/models/gemma4-gcide-tiny (bf16).
 #include "gemma4.hpp"
 
+#include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/io/safetensors.hpp>
+#include <hlwq/quantize.hpp>
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -148,19 +150,51 @@ fs::path quantize(const fs::path& in, const fs::path& out, int bits) {
     REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, "hlwq-quantize failed: " << cmd);
     return out;
 }
+
+/// Writes the HLWQ folder `in` as an original folder `out` whose quantized parameters are
+/// their dequantized fp32 values: the dense model that the quantized one must compute.
+void write_dequantized(const fs::path& in, const fs::path& out) {
+    const auto ck = hlwq::io::checkpoint::open(in);
+    fs::create_directories(out);
+    std::vector<hlwq::io::tensor_spec> specs;
+    for (const auto& n : ck.names())
+        specs.push_back({n, ck.is_quantized(n) ? hlwq::io::dtype::f32 : ck.dense(n).type, ck.shape(n)});
+    hlwq::io::safetensors_writer w(out / "model.safetensors", specs);
+    for (const auto& n : ck.names()) {
+        if (!ck.is_quantized(n)) {
+            w.write(n, ck.dense(n).data);
+            continue;
+        }
+        std::vector<float> all;
+        const std::size_t experts = ck.experts(n);
+        for (std::size_t e = 0; e < std::max<std::size_t>(1, experts); ++e) {
+            const hlwq::quantized_view q = experts ? ck.quantized(n, e) : ck.quantized(n);
+            std::vector<float> part(q.rows * q.cols);
+            hlwq::dequantize(q, part);
+            all.insert(all.end(), part.begin(), part.end());
+        }
+        w.write(n, std::span<const float>(all));
+    }
+    w.finish();
+    nlohmann::json config = ck.config();
+    config.erase("quantization_config");
+    std::ofstream(out / "config.json") << config.dump(1);
+}
 #endif
 
 }  // namespace
 
-// Why max|Δ| ≤ 1e-4 · max|logit| holds in fp32: both sides compute the same fp32 operations
-// on the same fp32 weights, differing only in summation order (dot products of 32..256 terms,
-// softmax sums) and in libm vs. torch rounding of exp/tanh/cos/sin: each costs a few ulps
-// (2^-24 ≈ 6e-8) relative to the magnitudes summed, and RMSNorm after every block keeps the
-// activations O(1), so errors do not grow from layer to layer. Six layers of such noise stay
-// near 1e-6 of the largest logit. What is not fp32 arithmetic: the fp16 KV cache rounds keys
-// and values to 11 significant bits (relative 2^-12 ≈ 2.4e-4 each); attention outputs are
-// weighted means of values, so the rounding errors of independent elements mostly cancel, and
-// the measured effect (printed below) stays well under the bound.
+// Why max|Δ| ≤ 1e-4 · max|logit| holds in fp32 (fp32 KV cache, kv_bits 32): both sides
+// compute the same fp32 operations on the same fp32 weights, differing only in summation order
+// (dot products of 32..256 terms, softmax sums) and in libm vs. torch rounding of
+// exp/tanh/cos/sin: each costs a few ulps (2^-24 ≈ 6e-8) relative to the magnitudes summed.
+// RMSNorm after every block keeps activations O(1); these random O(1)-weight models amplify a
+// perturbation by a few hundred over six layers at most (measured: ~1e-5 of max|logit|), so
+// 1e-4 leaves a margin of 4x or more while any wrong formula (a norm, a RoPE pair, a mask
+// position) moves logits by 1e-2 or more.
+// The default fp16 cache rounds every key and value to 11 significant bits (2.4e-4 relative);
+// these random models amplify that to about 1% of max|logit| (printed), which is why parity is
+// checked on the fp32 cache and the fp16 cache only on the greedy tokens.
 TEST_CASE("fixtures: full-sequence logits match transformers") {
     for (const std::string v : variants) {
         CAPTURE(v);
@@ -169,8 +203,10 @@ TEST_CASE("fixtures: full-sequence logits match transformers") {
         REQUIRE(m->vocab_size() == 512);
         const auto got = full_logits(*m, ref.ids);
         const double e = rel_max(got, ref.logits);
-        MESSAGE(v << ": max|dlogit| / max|logit| = " << e << " (max|logit| " << max_abs(ref.logits) << "); "
-                  << m->description());
+        auto m16 = load_gemma4(fixtures / v, opts());
+        const double e16 = rel_max(full_logits(*m16, ref.ids), ref.logits);
+        MESSAGE(v << ": max|dlogit| / max|logit| = " << e << " (fp16 cache: " << e16 << "; max|logit| "
+                  << max_abs(ref.logits) << "); " << m->description());
         CHECK(e <= 1e-4);
         CHECK(m->position() == ref.ids.size());
         CHECK(m->cache_bytes() > 0);
@@ -200,38 +236,40 @@ TEST_CASE("fixtures: token by token and chunks of 5 give the full-sequence logit
 
 TEST_CASE("fixtures: greedy decoding through the cache equals generate()") {
     for (const std::string v : variants) {
-        CAPTURE(v);
-        const auto ref = read_reference(fixtures / v / "reference.safetensors");
-        auto m = load_gemma4(fixtures / v, opts());
-        const auto got = greedy(*m, ref.prompt, ref.greedy.size());
-        CHECK_MESSAGE(got == ref.greedy, "got " << ids_str(got) << " want " << ids_str(ref.greedy));
-        CHECK(m->position() == ref.prompt.size() + ref.greedy.size() - 1);
+        for (int kv : {0, 32}) {
+            CAPTURE(v);
+            CAPTURE(kv);
+            const auto ref = read_reference(fixtures / v / "reference.safetensors");
+            auto m = load_gemma4(fixtures / v, opts(kv));
+            const auto got = greedy(*m, ref.prompt, ref.greedy.size());
+            CHECK_MESSAGE(got == ref.greedy, "got " << ids_str(got) << " want " << ids_str(ref.greedy));
+            CHECK(m->position() == ref.prompt.size() + ref.greedy.size() - 1);
+        }
     }
 }
 
 // An HLWQ KV cache stores each key/value as codes of its rotated, normalized vector: at 4 bits
-// the Lloyd-Max distortion is about 0.0095 of the squared norm, a relative error near 10% per
-// vector. It enters the logits through attention (scores and weighted value means) in all
-// layers, so the logits move by a fraction of their spread; 0.25 of max|logit| is a loose
-// ceiling that a cache reading wrong slots, heads or positions would break (the error would
-// then be of the order of the logits themselves).
-TEST_CASE("fixtures: HLWQ KV cache (kv_bits 2..4) stays close to the fp16 cache") {
+// the Lloyd-Max distortion is about 0.0095 of the squared norm, ~10% rms per vector. The
+// random fixtures turn the fp16 cache's 2.4e-4 into ~1% of max|logit| already, so at 2..4 bits
+// their logits move by the order of the logits themselves (printed, not bounded here; the
+// trained model below bounds it). Checked: chunked prefill and token-by-token decoding read the
+// compressed cache identically.
+TEST_CASE("fixtures: HLWQ KV cache (kv_bits 2..4) stays close to the fp32 cache") {
     for (const std::string v : variants) {
         CAPTURE(v);
         const auto ref = read_reference(fixtures / v / "reference.safetensors");
-        auto base = load_gemma4(fixtures / v, opts());
-        const auto fp16 = full_logits(*base, ref.ids);
+        auto base = load_gemma4(fixtures / v, opts(32));
+        const auto exact = full_logits(*base, ref.ids);
         std::ostringstream line;
         for (int bits : {4, 3, 2}) {
             auto m = load_gemma4(fixtures / v, opts(bits));
             const auto got = full_logits(*m, ref.ids);
-            const double e = rel_max(got, fp16);
+            const double e = rel_max(got, exact);
             line << " PQ" << bits << " " << e;
-            if (bits == 4) CHECK(e <= 0.25);
             // Chunked prefill and decoding agree on a compressed cache too.
             CHECK(rel_max(stepped_logits(*m, ref.ids, 1), got) <= 1e-4);
         }
-        MESSAGE(v << ": KV cache max|dlogit|/max|logit| vs fp16 cache:" << line.str());
+        MESSAGE(v << ": KV cache max|dlogit|/max|logit| vs fp32 cache:" << line.str());
     }
 }
 
@@ -327,7 +365,12 @@ TEST_CASE("config and weights: clear errors") {
               .find("tensor 'model.layers.0.mlp.gate_proj.weight' has shape [128, 64], expected [96, 64]") !=
           std::string::npos);
     CHECK(load_error("dense", [](nlohmann::json& j) { j["per_layer_config"]["2"]["head_dim"] = 16; })
-              .find("model.layers.2.self_attn.q_proj.weight") != std::string::npos);
+              .find("layers 2 and 5 of one type have different head_dim") != std::string::npos);
+    CHECK(load_error("dense", [](nlohmann::json& j) {
+              j["per_layer_config"]["2"]["head_dim"] = 16;
+              j["per_layer_config"]["5"]["head_dim"] = 16;
+          }).find("tensor 'model.layers.2.self_attn.q_proj.weight' has shape [128, 64], expected [64, 64]") !=
+          std::string::npos);
     // A missing tensor: the untied k_eq_v variant without lm_head, by claiming a PLE the file lacks.
     CHECK(load_error("dense", [](nlohmann::json& j) { j["hidden_size_per_layer_input"] = 8; })
               .find("'model.embed_tokens_per_layer.weight' is missing") != std::string::npos);
@@ -346,27 +389,47 @@ TEST_CASE("config and weights: clear errors") {
 }
 
 #ifdef HLWQ_QUANTIZE_EXE
-TEST_CASE("fixtures: HLWQ weights from hlwq-quantize (logit error per bit width; Q8 keeps the greedy tokens)") {
+// What the fixtures can and cannot show about quantized weights. These random O(1)-weight
+// models amplify perturbations strongly: rounding K/V to fp16 (2.4e-4 relative) already moves
+// their logits by 0.6..1.7% of max|logit| (printed by the first test). hlwq-quantize at 8 bits
+// perturbs each weight by about 0.6% rms (NMSE 4e-5), so the logits move by 8..15% and the
+// greedy tokens of generate() are not reproducible at any width, however exact the products.
+// (The trained gemma4-gcide-tiny below is the quality check.) What is checked here, exactly:
+// the quantized model computes the model its codes define: the logits of the HLWQ folder with
+// fp32 activations equal those of a dense folder holding the dequantized weights (fp32 noise),
+// prefilled or decoded token by token, and their greedy tokens are identical. The error
+// against transformers per bit width is printed.
+TEST_CASE("fixtures: HLWQ weights from hlwq-quantize compute their dequantized model; logit error per bit width") {
     for (const std::string v : variants) {
         CAPTURE(v);
         const auto ref = read_reference(fixtures / v / "reference.safetensors");
         std::ostringstream line;
+        std::size_t q8_same = 0;
         for (int bits = 8; bits >= 2; --bits) {
-            temp_dir dir(std::string(v) + "_q" + std::to_string(bits));
+            CAPTURE(bits);
+            temp_dir dir(v + "_q" + std::to_string(bits));
             const fs::path q = quantize(fixtures / v, dir.path / "model", bits);
+            write_dequantized(q, dir.path / "dequantized");
+            auto dq = load_gemma4(dir.path / "dequantized", opts(32));
+            auto qm = load_gemma4(q, opts(32, 64, false));
+            const auto dq_logits = full_logits(*dq, ref.ids);
+            CHECK(rel_max(full_logits(*qm, ref.ids), dq_logits) <= 1e-4);
+            CHECK(rel_max(stepped_logits(*qm, ref.ids, 1), dq_logits) <= 1e-4);
+            CHECK(greedy(*qm, ref.prompt, ref.greedy.size()) == greedy(*dq, ref.prompt, ref.greedy.size()));
             for (bool int8 : {false, true}) {
                 auto m = load_gemma4(q, opts(0, 64, int8));
                 const double e = rel_max(full_logits(*m, ref.ids), ref.logits);
                 line << " PQ" << bits << (int8 ? "/i8 " : " ") << e;
-                if (bits == 8) {
+                if (bits == 8 && !int8) {
                     const auto got = greedy(*m, ref.prompt, ref.greedy.size());
-                    CHECK_MESSAGE(got == ref.greedy, (int8 ? "int8" : "f32") << " activations: got " << ids_str(got)
-                                                                             << " want " << ids_str(ref.greedy));
+                    while (q8_same < got.size() && got[q8_same] == ref.greedy[q8_same]) ++q8_same;
                     CHECK(m->description().find("PQ8") != std::string::npos);
                 }
             }
         }
-        MESSAGE(v << ": max|dlogit|/max|logit| vs transformers (f32 and int8 activations):" << line.str());
+        MESSAGE(v << ": max|dlogit|/max|logit| vs transformers (fp32 / int8 activations):" << line.str()
+                  << "; PQ8 greedy tokens equal to generate() for the first " << q8_same << " of "
+                  << ref.greedy.size());
     }
 }
 #endif
@@ -388,7 +451,7 @@ std::vector<generation> real_generations() {
     return out;
 }
 
-void check_real(causal_lm& m, double tol, const char* what) {
+void check_real(causal_lm& m, double tol, const std::string& what) {
     const auto ref = read_reference(real_model / "reference.safetensors", false);
     REQUIRE(m.vocab_size() == 8192);
     const auto t0 = std::chrono::steady_clock::now();
@@ -403,27 +466,51 @@ void check_real(causal_lm& m, double tol, const char* what) {
         const auto out = greedy(m, g.prompt, 32, 1);
         total += g.greedy.size();
         for (std::size_t i = 0; i < std::min(out.size(), g.greedy.size()) && out[i] == g.greedy[i]; ++i) ++same;
-        if (tol <= 1e-4) CHECK_MESSAGE(out == g.greedy, "got " << ids_str(out) << " want " << ids_str(g.greedy));
+        if (tol <= 1e-3) CHECK_MESSAGE(out == g.greedy, "got " << ids_str(out) << " want " << ids_str(g.greedy));
     }
     MESSAGE(what << ": greedy continuations, matching prefix " << same << " of " << total << " tokens");
 }
 }  // namespace
 
-// bf16 weights widen to fp32 exactly, so against transformers' fp32 forward pass only fp32
-// summation order and the fp16 KV cache differ (see the fixture bound above); the logits of
-// a trained model are larger (max ~25) and peakier, the same relative bound holds.
+// bf16 weights widen to fp32 exactly, so against transformers' fp32 forward pass (from the
+// same bf16 weights) only the fp32 summation order differs (see the fixture bound above):
+// the bound is 1e-4 of max|logit| with the fp32 KV cache. The default fp16 cache adds the
+// rounding of keys and values to 11 bits; a trained model does not amplify it as the random
+// fixtures do, and the greedy continuations must match with it as well.
 TEST_CASE("real model gemma4-gcide-tiny: logits and greedy continuations match transformers") {
-    auto m = load_gemma4(real_model, opts());
-    check_real(*m, 1e-4, "gemma4-gcide-tiny bf16");
+    auto m = load_gemma4(real_model, opts(32));
+    check_real(*m, 1e-4, "gemma4-gcide-tiny bf16, f32 cache");
+    auto m16 = load_gemma4(real_model, opts());
+    check_real(*m16, 1e-3, "gemma4-gcide-tiny bf16, fp16 cache");
+}
+
+// HLWQ KV cache on a trained model: ~10% rms error per key/value vector at 4 bits; the worst
+// logit over 128 positions x 8192 moves by 0.33 of max|logit| (measured PQ4/3/2: 0.33, 0.41,
+// 0.67, printed). The bound, 0.5, is 1.5x the PQ4 value: a cache reading wrong slots or heads
+// errs by more than max|logit|.
+TEST_CASE("real model gemma4-gcide-tiny: HLWQ KV cache (kv_bits 2..4)") {
+    const auto ref = read_reference(real_model / "reference.safetensors", false);
+    for (int bits : {4, 3, 2}) {
+        auto m = load_gemma4(real_model, opts(bits));
+        const double e = rel_max(full_logits(*m, ref.ids), ref.logits);
+        MESSAGE("gemma4-gcide-tiny bf16, KV PQ" << bits << ": max|dlogit|/max|logit| = " << e);
+        if (bits == 4) CHECK(e <= 0.5);
+    }
 }
 
 #ifdef HLWQ_QUANTIZE_EXE
+// Quantization quality on a trained model (regression bounds, about 1.5x the measured
+// values: PQ8 ~0.01, PQ4 ~0.16 of max|logit|; a wrong code path gives errors of order 1).
+// The greedy agreement is printed; tiny models have near-ties, so it is not asserted.
 TEST_CASE("real model gemma4-gcide-tiny: HLWQ Q4 and Q8 conversions") {
     for (int bits : {8, 4}) {
         temp_dir dir("real_q" + std::to_string(bits));
         const fs::path q = quantize(real_model, dir.path / "model", bits);
-        auto m = load_gemma4(q, opts());
-        check_real(*m, bits == 8 ? 0.02 : 0.2, bits == 8 ? "gemma4-gcide-tiny PQ8" : "gemma4-gcide-tiny PQ4");
+        for (bool int8 : {false, true}) {
+            auto m = load_gemma4(q, opts(0, 64, int8));
+            check_real(*m, bits == 8 ? 0.02 : 0.25,
+                       "gemma4-gcide-tiny PQ" + std::to_string(bits) + (int8 ? " int8 activations" : " f32 activations"));
+        }
     }
 }
 #endif
