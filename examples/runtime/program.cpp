@@ -113,8 +113,8 @@ program_options parse_args(std::span<const std::string> args) {
         } else if (a == "--kv-bits") {
             const std::string_view v = value();
             const int bits = parse_number<int>(a, v);
-            if (bits != 0 && bits != 2 && bits != 3 && bits != 4)
-                throw usage_error("--kv-bits: " + std::string(v) + " is not 0, 2, 3 or 4");
+            if (bits != 0 && bits != 2 && bits != 3 && bits != 4 && bits != 32)
+                throw usage_error("--kv-bits: " + std::string(v) + " is not 0, 2, 3, 4 or 32");
             o.model.kv_bits = bits;
         } else if (a == "--threads" || a == "-t") {
             o.model.threads = parse_number<unsigned>(a, value());
@@ -464,7 +464,8 @@ std::string chat_program_usage(const char* name) {
         "                           token or a full context)\n"
         "  -c, --ctx N              chat: context size in tokens (default: the model's\n"
         "                           max_position_embeddings); --perplexity: window size (default 512)\n"
-        "      --kv-bits B          KV cache: 0 = fp16 (default), 2, 3 or 4 = HLWQ-compressed\n"
+        "      --kv-bits B          KV cache: 0 = fp16 (default), 2, 3 or 4 = HLWQ-compressed,\n"
+        "                           32 = fp32 (exact comparisons)\n"
         "  -t, --threads N          worker threads (default 0 = one per hardware thread)\n"
         "      --exact              quantized layers multiply with fp32 activations (default: int8,\n"
         "                           faster; dense layers always use fp32)\n"

@@ -98,7 +98,7 @@ TEST_CASE("program: --help and usage errors (exit status 2)") {
         {{"--model", "x", "--frobnicate"}, "unknown option '--frobnicate'"},
         {{"--model", "x", "stray"}, "unexpected argument 'stray'"},
         {{"--model"}, "--model needs a value"},
-        {{"--model", "x", "--kv-bits", "5"}, "--kv-bits: 5 is not 0, 2, 3 or 4"},
+        {{"--model", "x", "--kv-bits", "5"}, "--kv-bits: 5 is not 0, 2, 3, 4 or 32"},
         {{"--model", "x", "--kv-bits", "4x"}, "--kv-bits: '4x' is not a number"},
         {{"--model", "x", "--top-p", "1.5"}, "top-p must be in (0, 1]"},
         {{"--model", "x", "--min-p", "-1"}, "min-p must be in [0, 1]"},
