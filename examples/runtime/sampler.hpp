@@ -34,8 +34,8 @@ struct sampler_options {
     /// How many of the latest context tokens the penalty looks at; 0 = none, -1 = all.
     std::int64_t repeat_last_n = 64;
     /// Seed of the random generator (std::mt19937_64); the same seed, options and logits give
-    /// the same tokens on every platform (the uniform draw is computed here, not by <random>'s
-    /// implementation-defined distributions).
+    /// the same tokens on every platform (the uniform draw is computed here, not by the
+    /// implementation-defined distributions of the standard library).
     std::uint64_t seed = 0;
 };
 

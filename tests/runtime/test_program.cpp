@@ -117,9 +117,12 @@ TEST_CASE("program: --help and usage errors (exit status 2)") {
         {{"--model", "x", "--ctx", "1"}, "--ctx must be at least 2"},
         {{"--model", "x", "--raw", "--system", "s"}, "--system needs the chat template"},
     };
-    for (const auto& [args, msg] : cases) {
+    for (const auto& c : cases) {
+        const std::vector<std::string>& args = c.first;
+        const std::string& msg = c.second;
         r = run(args);
-        INFO("args: " << (args.empty() ? std::string() : args.back()) << "\nstderr: " << r.err);
+        const std::string last = args.empty() ? std::string() : args.back();
+        INFO("last argument: " << last << "\nstderr: " << r.err);
         CHECK(r.rc == 2);
         CHECK(r.err.find(msg) != std::string::npos);
         CHECK(r.err.find("(test_chat --help for usage)") != std::string::npos);
