@@ -81,8 +81,12 @@ public:
     /// the matvec path, more the matmul path.
     void forward(const float* x, std::size_t n, float* y, const linear_options& o) const {
         if (n == 0) return;
+        // Starting a thread costs tens of microseconds: each one gets at least ~256k weights
+        // times tokens of work, so the small products of a decode step stay on one thread.
+        const std::size_t min_rows = std::max<std::size_t>(1, (std::size_t{1} << 18) / std::max<std::size_t>(1, cols_ * n));
+        const unsigned threads = detail::thread_count(o.threads, rows_, min_rows);
         if (q_) {
-            const product_options po{.threads = o.threads,
+            const product_options po{.threads = threads,
                                      .activations = o.int8_activations ? activation_precision::int8
                                                                        : activation_precision::f32};
             if (n == 1) hlwq::matvec(*q_, std::span<const float>(x, cols_), std::span<float>(y, rows_), po);
@@ -90,8 +94,6 @@ public:
             return;
         }
         const std::size_t tiles = (rows_ + tile - 1) / tile;
-        const unsigned threads =
-            detail::thread_count(o.threads, tiles, std::max<std::size_t>(1, detail::rows_per_thread(cols_) / tile));
         detail::parallel_for(tiles, threads, [&](std::size_t t0, std::size_t t1) {
             for (std::size_t t = t0; t < t1; ++t) dense_tile(t * tile, std::min(rows_, (t + 1) * tile), x, n, y);
         });
