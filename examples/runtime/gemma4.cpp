@@ -582,9 +582,7 @@ private:
 
     void load_weights() {
         const std::size_t H = cfg_.hidden, L = cfg_.layers, P = cfg_.ple_dim;
-        embed_ = linear::load(ck_, name("embed_tokens.weight"), cfg_.vocab, H);
-        if (embed_.quantized()) throw std::runtime_error(ck_.path().string() + ": a quantized embed_tokens is not supported");
-        weight_bytes_ += embed_.bytes();
+        embed_ = lin(name("embed_tokens.weight"), cfg_.vocab, H);  // dense or HLWQ: row() dequantizes a lookup
         final_norm_ = vec(name("norm.weight"), H);
         if (!cfg_.tied) {
             if (!ck_.contains("lm_head.weight"))
@@ -592,10 +590,7 @@ private:
             lm_head_ = lin("lm_head.weight", cfg_.vocab, H);
         }
         if (P) {
-            ple_embed_ = linear::load(ck_, name("embed_tokens_per_layer.weight"), cfg_.ple_vocab, L * P);
-            if (ple_embed_.quantized())
-                throw std::runtime_error(ck_.path().string() + ": a quantized embed_tokens_per_layer is not supported");
-            weight_bytes_ += ple_embed_.bytes();
+            ple_embed_ = lin(name("embed_tokens_per_layer.weight"), cfg_.ple_vocab, L * P);
             ple_model_proj_ = lin(name("per_layer_model_projection.weight"), L * P, H);
             ple_proj_norm_ = vec(name("per_layer_projection_norm.weight"), P);
         }

@@ -2,7 +2,8 @@
 /// @file linear.hpp
 /// @brief A linear layer (y = W x, no bias) over a checkpoint parameter that is either dense
 /// (F32/F16/BF16, read in place from the mapped file) or HLWQ-quantized (a quantized_view, run
-/// by hlwq::matvec / hlwq::matmul on the codes).
+/// by hlwq::matvec / hlwq::matmul on the codes; a row lookup, as embeddings need, dequantizes
+/// that one row).
 ///
 /// Dense weights stay as stored (zero copy): bf16/f16 rows are widened to fp32 piece by piece
 /// (exact conversions) in a small stack buffer right before their dot products. Converting the
@@ -16,6 +17,7 @@
 #include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/kv_cache.hpp>
 #include <hlwq/matmul.hpp>
+#include <hlwq/quantize.hpp>
 
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -99,10 +101,17 @@ public:
         });
     }
 
-    /// Row r of a dense W as fp32 (an embedding lookup).
-    /// @throws std::logic_error for a quantized layer.
+    /// Row r of W as fp32 (an embedding lookup): widened from a dense layer (exact), or
+    /// dequantized from the codes of a quantized one (the same values hlwq::dequantize gives),
+    /// so quantized embeddings never expand beyond the rows a chunk looks up.
+    /// @throws std::out_of_range if r >= rows().
     void row(std::size_t r, float* out) const {
-        if (q_) throw std::logic_error("hlwq::rt::linear::row: the layer is quantized");
+        if (r >= rows_)
+            throw std::out_of_range("hlwq::rt::linear::row: row " + std::to_string(r) + " of " + std::to_string(rows_));
+        if (q_) {
+            hlwq::dequantize_rows(*q_, r, std::span<float>(out, cols_));
+            return;
+        }
         for (std::size_t c = 0; c < cols_; c += piece) widen(r, c, std::min(piece, cols_ - c), out + c);
     }
 

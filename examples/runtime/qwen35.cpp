@@ -389,11 +389,7 @@ private:
 
     void load_weights() {
         const std::size_t H = cfg_.hidden;
-        embed_ = linear::load(ck_, prefix_ + "embed_tokens.weight", cfg_.vocab, H);
-        if (embed_.quantized())
-            throw std::runtime_error(ck_.path().string() + ": tensor '" + prefix_ +
-                                     "embed_tokens.weight' is quantized; embeddings must be dense");
-        weight_bytes_ += embed_.bytes();
+        embed_ = load_linear(prefix_ + "embed_tokens.weight", cfg_.vocab, H);  // dense or HLWQ: row() dequantizes
         final_norm_ = load_norm(prefix_ + "norm.weight", H);
         if (ck_.contains("lm_head.weight")) lm_head_ = load_linear("lm_head.weight", cfg_.vocab, H);
         else if (cfg_.tie) lm_head_ = embed_;
