@@ -10,9 +10,13 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace hlwq::rt {
+
+struct rgb_image;  // image.hpp
 
 /// How a model is loaded and run.
 struct model_options {
@@ -59,6 +63,32 @@ public:
     virtual std::size_t cache_bytes() const = 0;
     /// One line describing the model (architecture, layers, weight format, KV format).
     virtual std::string description() const = 0;
+
+    // ---- images (vision-language models; text-only models keep these defaults) ----------
+    //
+    // A prompt with images is assembled as transformers' processors do it: the chat template
+    // writes one image_token_id() per image (its {"type": "image"} content entries); each of
+    // those, in the tokenized prompt, is replaced by the ids queue_image() returns for that
+    // image (Gemma 4: <boi>, N x <|image|>, <eoi>; Qwen3.5: N x <|image_pad|>, the template
+    // writing the vision start/end itself). forward() then fills the image tokens it is fed,
+    // in order, with the queued embeddings instead of the token's own embedding.
+
+    /// Whether the model reads images (its folder has a vision tower, which was loaded).
+    virtual bool has_vision() const { return false; }
+    /// The id of the image token: what the chat template writes per image and what the soft
+    /// tokens are; -1 for a model without vision.
+    virtual std::int32_t image_token_id() const { return -1; }
+    /// Preprocesses and encodes `image` (the folder's preprocessor_config.json), queues its
+    /// embeddings for the next image tokens fed to forward(), and returns the ids that stand
+    /// for it in the prompt (see above).
+    /// @throws std::runtime_error for a model without vision; std::invalid_argument for an
+    ///   image the processor refuses (e.g. too small to hold one patch).
+    virtual std::vector<std::int32_t> queue_image(const rgb_image& image) {
+        (void)image;
+        throw std::runtime_error(description() + ": this model does not read images");
+    }
+    /// Image tokens queued by queue_image() and not yet fed to forward(). reset() drops them.
+    virtual std::size_t pending_image_tokens() const { return 0; }
 };
 
 /// Opens the model folder `dir` (original Hugging Face folder or HLWQ folder); implemented
