@@ -56,6 +56,7 @@ struct program_options {
     std::optional<std::string> perplexity{};
     std::optional<std::size_t> ctx{};
     std::size_t max_windows = 0;
+    std::size_t first_window = 0;
     bool help = false;
 };
 
@@ -156,6 +157,8 @@ program_options parse_args(std::span<const std::string> args) {
             if (*o.ctx < 2) throw usage_error(a + " must be at least 2");
         } else if (a == "--max-windows") {
             o.max_windows = parse_number<std::size_t>(a, value());
+        } else if (a == "--first-window") {
+            o.first_window = parse_number<std::size_t>(a, value());
         } else if (!a.empty() && a[0] == '-') {
             throw usage_error("unknown option '" + a + "'");
         } else {
@@ -170,6 +173,7 @@ program_options parse_args(std::span<const std::string> args) {
     if ((o.ids || o.perplexity) && (o.prompt || o.raw || !o.system.empty()))
         throw usage_error("--prompt, --system and --raw are for chat, not for --ids or --perplexity");
     if (o.max_windows && !o.perplexity) throw usage_error("--max-windows needs --perplexity");
+    if (o.first_window && !o.perplexity) throw usage_error("--first-window needs --perplexity");
     if (o.raw && !o.system.empty()) throw usage_error("--system needs the chat template (not --raw)");
     return o;
 }
@@ -274,9 +278,17 @@ int run_perplexity(const program_options& o, causal_lm& model, const tokenizer& 
     if (windows == 0)
         throw std::runtime_error(*o.perplexity + ": " + std::to_string(tokens.size()) +
                                  " tokens, fewer than one window of " + std::to_string(window));
+    // --first-window/--max-windows select a slice of the windows, so that a long evaluation can
+    // be split over processes and recombined exactly: log(ppl) is the mean NLL per token.
+    const std::size_t first = o.first_window;
+    if (first >= windows)
+        throw std::runtime_error(*o.perplexity + ": --first-window " + std::to_string(first) + " but only " +
+                                 std::to_string(windows) + " windows");
+    windows -= first;
     if (o.max_windows) windows = std::min(windows, o.max_windows);
     err << *o.perplexity << ": " << entries << " entries, " << tokens.size() << " tokens; " << windows << " windows of "
-        << ctx << (bos ? " (<bos> + " + std::to_string(window) + " tokens)" : std::string()) << "\n";
+        << ctx << (bos ? " (<bos> + " + std::to_string(window) + " tokens)" : std::string())
+        << (first ? ", from window " + std::to_string(first) : std::string()) << "\n";
 
     const std::size_t vocab = model.vocab_size();
     const std::size_t chunk = std::max<std::size_t>(1, o.model.prefill_chunk);
@@ -288,8 +300,8 @@ int run_perplexity(const program_options& o, causal_lm& model, const tokenizer& 
     for (std::size_t w = 0; w < windows; ++w) {
         seq.clear();
         if (bos) seq.push_back(*bos);
-        seq.insert(seq.end(), tokens.begin() + static_cast<std::ptrdiff_t>(w * window),
-                   tokens.begin() + static_cast<std::ptrdiff_t>((w + 1) * window));
+        seq.insert(seq.end(), tokens.begin() + static_cast<std::ptrdiff_t>((first + w) * window),
+                   tokens.begin() + static_cast<std::ptrdiff_t>((first + w + 1) * window));
         model.reset();
         // Positions 0 .. n-2 predict tokens 1 .. n-1; the last position's logits are not needed.
         const std::size_t n = seq.size();
@@ -494,7 +506,9 @@ std::string chat_program_usage(const char* name) {
         "                           concatenated, cut into windows of ctx-1 tokens (the last partial\n"
         "                           one dropped), <bos> prepended; every token after the first is\n"
         "                           predicted; prints 'perplexity: X +/- E (N tokens, ...)'\n"
-        "      --max-windows N      only the first N windows\n"
+        "      --max-windows N      only N windows\n"
+        "      --first-window N     start at window N (0-based; default 0): split a long run over\n"
+        "                           processes, log(perplexity) being the mean NLL per token\n"
         "      --ids 2,17,23        token ids for the two testing modes below (the model folder\n"
         "                           needs no tokenizer files for them):\n"
         "      --logits-out FILE    one forward pass over exactly those ids; writes float32 logits\n"

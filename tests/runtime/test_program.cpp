@@ -90,7 +90,7 @@ TEST_CASE("program: --help and usage errors (exit status 2)") {
     for (const char* flag : {"--prompt", "--system", "--raw", "--max-new-tokens", "--kv-bits", "--threads", "--exact",
                              "--temperature", "--greedy-sampling", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
                              "--repeat-last-n", "--seed", "--ids", "--logits-out", "--greedy", "--perplexity", "--ctx",
-                             "--max-windows", "/reset", "/exit", "/help"})
+                             "--max-windows", "--first-window", "/reset", "/exit", "/help"})
         CHECK_MESSAGE(r.out.find(flag) != std::string::npos, flag);
 
     const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
@@ -114,6 +114,7 @@ TEST_CASE("program: --help and usage errors (exit status 2)") {
         {{"--model", "x", "--ids", "1", "--greedy", "3", "--perplexity", "f"}, "choose one"},
         {{"--model", "x", "--ids", "1", "--greedy", "3", "--prompt", "hi"}, "are for chat"},
         {{"--model", "x", "--max-windows", "3"}, "--max-windows needs --perplexity"},
+        {{"--model", "x", "--first-window", "3"}, "--first-window needs --perplexity"},
         {{"--model", "x", "--ctx", "1"}, "--ctx must be at least 2"},
         {{"--model", "x", "--raw", "--system", "s"}, "--system needs the chat template"},
     };
@@ -249,6 +250,22 @@ TEST_CASE("program: --perplexity follows the gemma4-gcide-tiny method") {
     REQUIRE(r.rc == 0);
     CHECK(printed(r.out) == doctest::Approx(expected(2)).epsilon(1e-6));
     CHECK(r.out.find("(10 tokens, 2 windows of 6)") != std::string::npos);
+
+    // --first-window 1: the windows after the first, each still alone in the cache; recombined
+    // with window 0 by token counts (log ppl = mean NLL), they give the whole file's perplexity.
+    window_no = 1;
+    r = run({"--model", dir.str(), "--perplexity", (dir.path / "eval.txt").string(), "--ctx", "6", "--first-window", "1"});
+    REQUIRE(r.rc == 0);
+    const double rest = printed(r.out), first = expected(1);
+    const double whole = std::exp((std::log(first) + std::log(rest) * static_cast<double>(windows - 1)) /
+                                  static_cast<double>(windows));
+    CHECK(whole == doctest::Approx(expected(windows)).epsilon(1e-6));
+    CHECK(rest != doctest::Approx(expected(windows - 1)).epsilon(1e-6));  // really windows 1.., not 0..
+    CHECK(r.err.find("from window 1") != std::string::npos);
+    r = run({"--model", dir.str(), "--perplexity", (dir.path / "eval.txt").string(), "--ctx", "6", "--first-window",
+             std::to_string(windows)});
+    CHECK(r.rc == 1);
+    CHECK(r.err.find("--first-window " + std::to_string(windows) + " but only") != std::string::npos);
 
     setup.next = nullptr;
     r = run({"--model", dir.str(), "--perplexity", (dir.path / "eval.txt").string(), "--ctx", "500"});
