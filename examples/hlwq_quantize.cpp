@@ -78,7 +78,8 @@ constexpr const char* kUsage =
     "    scalars, buffers);\n"
     "  - vision/audio towers: names containing vision_tower, audio_tower,\n"
     "    multi_modal_projector, embed_vision, embed_audio or 'visual.' (unless --include-vision);\n"
-    "  - embeddings: names containing 'embed' (embed_tokens, per-layer embeddings);\n"
+    "  - embeddings: names containing 'embed' (embed_tokens, per-layer embeddings), unless a\n"
+    "    recipe rule's regex matches the name: the rule's bits then apply (PQ<b>-E<e>);\n"
     "  - norms: a last-but-one name component containing 'norm' (input_layernorm, q_norm,\n"
     "    model.norm, ...);\n"
     "  - MoE routing: names containing 'router', ending in '.gate.weight' (the MoE gate; dense\n"
@@ -92,6 +93,8 @@ constexpr const char* kUsage =
     "the name) gives the bits, else the default.\n"
     "  uniform (default)  every quantized tensor at --bits\n"
     "  PQ1 .. PQ8         uniform at that width\n"
+    "  PQ<b>-E<e>         linear layers at b bits, embeddings at e bits (rule 'embed'), e.g.\n"
+    "                     PQ4-E8: token embeddings (and a tied lm_head) at 8 bits\n"
     "  PQ2-Mixed          MLP and experts at 2 bits ('mlp|experts|feed_forward'), attention\n"
     "                     at 4 bits ('self_attn|attention'), default 4 (or --bits)\n"
     "  FILE               {\"default\": 4, \"rules\": [{\"pattern\": \"mlp\", \"bits\": 2},\n"
@@ -215,9 +218,14 @@ struct recipe {
 
     /// Bits for an eligible tensor (0 = keep), and the rule that decided ("" = default).
     std::pair<int, std::string> bits_for(const std::string& tensor) const {
-        for (const rule& r : rules)
-            if (std::regex_search(tensor, r.re)) return {r.bits, r.pattern};
+        if (const rule* r = rule_for(tensor)) return {r->bits, r->pattern};
         return {default_bits, ""};
+    }
+    /// The first rule whose regex matches `tensor`, or null.
+    const rule* rule_for(const std::string& tensor) const {
+        for (const rule& r : rules)
+            if (std::regex_search(tensor, r.re)) return &r;
+        return nullptr;
     }
 };
 
@@ -236,13 +244,18 @@ recipe load_recipe(const options& o) {
         return {"uniform", *o.bits, {}};
     }
     if (r.size() == 3 && r.starts_with("PQ") && r[2] >= '1' && r[2] <= '8') return {r, o.bits.value_or(r[2] - '0'), {}};
+    // PQ<b>-E<e>: the linear layers at b bits and the embeddings at e, as llama.cpp's
+    // quantization types keep token embeddings wider than the rest.
+    if (r.size() == 6 && r.starts_with("PQ") && r[2] >= '1' && r[2] <= '8' && r.substr(3, 2) == "-E" && r[5] >= '1' &&
+        r[5] <= '8')
+        return {r, o.bits.value_or(r[2] - '0'), {make_rule("embed", r[5] - '0', r)}};
     if (r == "PQ2-Mixed")
         return {r,
                 o.bits.value_or(4),
                 {make_rule("mlp|experts|feed_forward", 2, r), make_rule("self_attn|attention", 4, r)}};
     std::error_code ec;
     if (!fs::is_regular_file(r, ec))
-        throw usage_error{"--recipe: '" + r + "' is neither a built-in recipe (uniform, PQ1..PQ8, PQ2-Mixed) nor a file"};
+        throw usage_error{"--recipe: '" + r + "' is neither a built-in recipe (uniform, PQ1..PQ8, PQ<b>-E<e>, PQ2-Mixed) nor a file"};
     std::ifstream in(r, std::ios::binary);
     const json j = json::parse(in, nullptr, false);
     const std::string where = "recipe " + r;
@@ -285,9 +298,10 @@ bool tied_embeddings(const json& config) {
     return true;  // transformers' default
 }
 
-/// Why a tensor is kept, or "" if it is eligible for quantization.
+/// Why a tensor is kept, or "" if it is eligible for quantization. Embeddings are kept unless
+/// `embeddings` (a recipe rule names them).
 std::string keep_reason(const std::string& name, const hlwq::io::tensor_view& v, const json& config,
-                        bool include_vision) {
+                        bool include_vision, bool embeddings) {
     using hlwq::io::dtype;
     if (v.type != dtype::f32 && v.type != dtype::f16 && v.type != dtype::bf16) return "not floating point";
     if (v.shape.size() != 2 && v.shape.size() != 3) return "not a matrix";
@@ -296,7 +310,7 @@ std::string keep_reason(const std::string& name, const hlwq::io::tensor_view& v,
     if (!include_vision)
         for (const char* p : {"vision_tower", "audio_tower", "multi_modal_projector", "embed_vision", "embed_audio", "visual."})
             if (contains(name, p)) return "vision/audio";
-    if (contains(name, "embed")) return "embedding";
+    if (contains(name, "embed") && !embeddings) return "embedding";
     {
         std::string_view s = name;
         if (s.ends_with(".weight")) s.remove_suffix(7);
@@ -570,7 +584,10 @@ int run(const options& o) {
             const tensor_view v = model.view(name);
             t.in_bytes = v.data.size();
             if (!o.to_hlwq) {
-                t.reason = keep_reason(name, v, config, o.include_vision);
+                // An embedding is quantized only when a rule's regex matches its name: the
+                // default width is meant for linear layers, and token embeddings are usually
+                // worth more bits than them (or none: kept).
+                t.reason = keep_reason(name, v, config, o.include_vision, rcp.rule_for(name) != nullptr);
                 if (t.reason.empty()) {
                     std::tie(t.bits, t.reason) = rcp.bits_for(name);
                     if (t.bits == 0) t.reason = "recipe: " + t.reason;

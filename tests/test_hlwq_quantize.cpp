@@ -116,6 +116,10 @@ struct fake_model {
         add("model.layers.1.mlp.experts.gate_up_proj", dtype::bf16, {4, 64, 256}, 2);
         add("model.layers.1.mlp.experts.down_proj", dtype::bf16, {4, 256, 32}, 0);  // < 128 columns
         add("model.vision_tower.encoder.layers.0.self_attn.q_proj.weight", dtype::bf16, {128, 256}, 0);
+        // Embeddings that an 'embed' rule must not quantize: a vision one (a vision tensor
+        // first) and a narrow one (< 128 columns).
+        add("model.embed_vision.embedding_projection.weight", dtype::bf16, {64, 256}, 0);
+        add("model.embed_tokens_per_layer.weight", dtype::bf16, {64, 96}, 0);
         add("model.norm.weight", dtype::f32, {256}, 0);
         for (fake_tensor& t : tensors) t.values = stored_values(t);
     }
@@ -324,6 +328,7 @@ TEST_CASE("hlwq-quantize: sharded input gives sharded output with an index; --in
     CHECK(idx["metadata"]["total_size"] == fs::file_size(d / "out" / "model-00001-of-00002.safetensors") +
                                                fs::file_size(d / "out" / "model-00002-of-00002.safetensors"));
     check_output(d / "out", d / "in", m, [](const fake_tensor& t) {
+        // embed_vision is then an embedding, kept without a rule naming it.
         return t.expect_bits ? 3 : t.name.find("vision_tower") != std::string::npos ? 3 : 0;
     });
     // Not a terminal: plain progress lines.
@@ -360,6 +365,60 @@ TEST_CASE("hlwq-quantize: a recipe file, first match wins, \"keep\"") {
     CHECK(bad2.rc == 1);
     CHECK(bad2.err.find("neither 1..8 nor \"keep\"") != std::string::npos);
     CHECK_FALSE(fs::exists(d / "out2"));
+}
+
+TEST_CASE("hlwq-quantize: embeddings are kept unless a recipe rule names them; PQ<b>-E<e>") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in");
+    const std::string io = "'" + (d / "in").string() + "' '" + (d / "out").string() + "' --force ";
+    const auto embed_tokens = [](const fake_tensor& t) { return t.name == "model.embed_tokens.weight"; };
+    SUBCASE("PQ4: the default width is not for embeddings") {
+        const auto r = run(io + "--recipe PQ4", d);
+        INFO(r.err);
+        REQUIRE(r.rc == 0);
+        check_output(d / "out", d / "in", m, [](const fake_tensor& t) { return t.expect_bits ? 4 : 0; });
+        CHECK(r.err.find("model.embed_tokens.weight: kept (embedding)") != std::string::npos);
+    }
+    SUBCASE("PQ4-E8: embed_tokens at 8 bits; vision and narrow embeddings still kept") {
+        const auto r = run(io + "--recipe PQ4-E8", d);
+        INFO(r.err);
+        REQUIRE(r.rc == 0);
+        check_output(d / "out", d / "in", m,
+                     [&](const fake_tensor& t) { return embed_tokens(t) ? 8 : t.expect_bits ? 4 : 0; });
+        CHECK(r.out.find("recipe PQ4-E8") != std::string::npos);
+        CHECK(json::parse(slurp(d / "out" / "config.json"))["quantization_config"]["recipe"] == "PQ4-E8");
+    }
+    SUBCASE("PQ6-E2 with --bits 3: --bits sets the default only") {
+        const auto r = run(io + "--recipe PQ6-E2 --bits 3", d);
+        INFO(r.err);
+        REQUIRE(r.rc == 0);
+        check_output(d / "out", d / "in", m,
+                     [&](const fake_tensor& t) { return embed_tokens(t) ? 2 : t.expect_bits ? 3 : 0; });
+    }
+    SUBCASE("a recipe file: a rule naming the embedding gives its bits, \"keep\" keeps it") {
+        std::ofstream(d / "r.json") << R"({"default": 4, "rules": [{"pattern": "mlp", "bits": 2},
+            {"pattern": "^model\\.embed_tokens\\.", "bits": 6}]})";
+        auto r = run(io + "--recipe '" + (d / "r.json").string() + "'", d);
+        INFO(r.err);
+        REQUIRE(r.rc == 0);
+        check_output(d / "out", d / "in", m, [&](const fake_tensor& t) {
+            return embed_tokens(t) ? 6 : !t.expect_bits ? 0 : t.name.find("mlp") != std::string::npos ? 2 : 4;
+        });
+        std::ofstream(d / "k.json") << R"({"default": 4, "rules": [{"pattern": "embed", "bits": "keep"}]})";
+        r = run(io + "--recipe '" + (d / "k.json").string() + "'", d);
+        REQUIRE(r.rc == 0);
+        check_output(d / "out", d / "in", m, [](const fake_tensor& t) { return t.expect_bits ? 4 : 0; });
+    }
+    SUBCASE("malformed built-in names") {
+        for (const char* bad : {"PQ4-E9", "PQ4-E0", "PQ9-E4", "PQ4-E", "PQ4-E88", "PQ4-X8"}) {
+            CAPTURE(bad);
+            const auto r = run(io + "--recipe " + bad, d);
+            CHECK(r.rc == 2);
+            CHECK(r.err.find("is neither a built-in recipe (uniform, PQ1..PQ8, PQ<b>-E<e>, PQ2-Mixed) nor a file") !=
+                  std::string::npos);
+        }
+    }
 }
 
 TEST_CASE("hlwq-quantize: an existing OUT_DIR is refused without --force, replaced with it") {
@@ -445,6 +504,7 @@ TEST_CASE("hlwq-quantize: usage") {
     CHECK(help.rc == 0);
     CHECK(help.out.starts_with("usage: hlwq-quantize"));
     CHECK(help.out.find("vision_tower") != std::string::npos);
+    CHECK(help.out.find("PQ<b>-E<e>") != std::string::npos);
     const auto unknown = run("a b --bits 4 --no-such-flag", d);
     CHECK(unknown.rc == 2);
     CHECK(unknown.err.find("unknown option '--no-such-flag'") != std::string::npos);

@@ -4,7 +4,10 @@
 
 #include "test_data.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -236,6 +239,29 @@ TEST_CASE("dequantize_rows: a slice of dequantize") {
     CHECK_THROWS_AS(hlwq::dequantize_rows(q, 4, bad), std::invalid_argument);
     std::vector<float> overrun(7 * 200);
     CHECK_THROWS_AS(hlwq::dequantize_rows(q, 4, overrun), std::invalid_argument);
+}
+
+// An embedding lookup dequantizes one row at a time (examples/runtime/linear.hpp): each row
+// must be bit-identical to that row of the whole matrix, at every width, with a padded last
+// block (200 = 128 + 72 columns) and with the signed rotation.
+TEST_CASE("dequantize_rows: one row at a time equals dequantize, every width, padded, signed") {
+    const auto w = gaussian(6 * 200, 11);
+    for (int bits = 1; bits <= 8; ++bits) {
+        for (const bool sign : {false, true}) {
+            CAPTURE(bits);
+            CAPTURE(sign);
+            const auto q = hlwq::quantize(w, 6, 200, bits, {.sign_seed = sign ? std::optional<std::uint64_t>(7) : std::nullopt});
+            const auto all = hlwq::dequantize(q);
+            std::vector<float> row(200);
+            for (std::size_t r : {5, 0, 3}) {
+                hlwq::dequantize_rows(q, r, row);
+                CHECK(std::equal(row.begin(), row.end(), all.begin() + static_cast<std::ptrdiff_t>(r * 200)));
+            }
+        }
+    }
+    std::vector<float> row(200);
+    const auto q = hlwq::quantize(w, 6, 200, 4);
+    CHECK_THROWS_WITH_AS(hlwq::dequantize_rows(q, 6, row), doctest::Contains("from row 6"), std::invalid_argument);
 }
 
 TEST_CASE("bad input is rejected with std::invalid_argument naming the problem") {
