@@ -7,13 +7,18 @@
 //               x += mlp(rmsnorm(x))    (SwiGLU, or the sparse MoE block with a shared expert)
 //   logits = lm_head(rmsnorm(x))
 //
-// rmsnorm(x) = x / sqrt(mean(x²) + eps) · (1 + w). Text-only input gives all three M-RoPE
-// sections the same position, so the rotary embedding is plain RoPE over the first
-// head_dim · partial_rotary_factor dimensions (rotate_half layout).
+// rmsnorm(x) = x / sqrt(mean(x²) + eps) · (1 + w). The rotary embedding covers the first
+// head_dim · partial_rotary_factor dimensions (rotate_half layout) with M-RoPE: every token has
+// a (t, h, w) position and rotary frequency i takes h where i % 3 == 1 and i < 3·mrope_section[1],
+// w where i % 3 == 2 and i < 3·mrope_section[2], t elsewhere (interleaved, as
+// Qwen3_5TextRotaryEmbedding.recomposition_frequencies does). Text tokens have t = h = w, i.e.
+// plain RoPE. With a vision tower (qwen35_vision.hpp) the image-pad tokens take the image
+// embeddings and the positions of get_rope_index (see qwen35.hpp).
 #include "qwen35.hpp"
 
 #include "gated_delta.hpp"
 #include "linear.hpp"
+#include "qwen35_vision.hpp"
 
 #include <hlwq/float16.hpp>
 #include <hlwq/io/hlwq_format.hpp>
@@ -22,8 +27,10 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <numeric>
 #include <optional>
 #include <stdexcept>
@@ -68,6 +75,8 @@ struct config {
     bool tie = false;
     double rope_theta = 10000.0;
     std::size_t rotary_dim = 0;
+    std::size_t mrope_h = 0, mrope_w = 0;  // mrope_section[1], [2]: frequencies taking h and w
+    std::int64_t image_token = -1, vision_start = -1, vision_end = -1;  // multimodal configs only
     std::size_t experts = 0, top_k = 0, moe_intermediate = 0, shared_intermediate = 0;
 
     std::size_t key_dim() const { return lk_heads * lk_dim; }
@@ -186,6 +195,29 @@ config read_config(const io::checkpoint& ck) {
     if (c.rotary_dim % 2 || c.rotary_dim > c.head_dim || !(c.rope_theta > 0))
         throw r.fail("rope_parameters", "gives a rotary dimension " + std::to_string(c.rotary_dim) +
                                             " that is odd or larger than head_dim, or a non-positive rope_theta");
+    // M-RoPE sections (default [11, 11, 10], Qwen3_5TextRotaryEmbedding); always interleaved.
+    c.mrope_h = 11;
+    c.mrope_w = 10;
+    if (const auto ms = rp.find("mrope_section"); ms != rp.end() && !ms->is_null()) {
+        if (!ms->is_array() || ms->size() != 3 || !(*ms)[1].is_number_unsigned() || !(*ms)[2].is_number_unsigned())
+            throw r.fail("rope_parameters", "mrope_section must be a list of 3 non-negative integers");
+        c.mrope_h = (*ms)[1].get<std::size_t>();
+        c.mrope_w = (*ms)[2].get<std::size_t>();
+    }
+    if (text != &root) {
+        const config_reader top{root, file};
+        const auto id = [&](const char* key, std::int64_t def) {
+            const auto it = root.find(key);
+            if (it == root.end() || it->is_null()) return def;
+            if (!it->is_number_integer() || it->get<std::int64_t>() < 0)
+                throw top.fail(key, "must be a non-negative integer, got " + it->dump());
+            return it->get<std::int64_t>();
+        };
+        // Defaults: Qwen3_5Config's.
+        c.image_token = id("image_token_id", 248056);
+        c.vision_start = id("vision_start_token_id", 248053);
+        c.vision_end = id("vision_end_token_id", 248054);
+    }
     return c;
 }
 
@@ -266,15 +298,27 @@ inline void rms_norm(const float* x, std::size_t n, const float* w, float eps, f
 // The model
 // ---------------------------------------------------------------------------------------
 
-class qwen35 final : public causal_lm {
+class qwen35 final : public qwen35_model {
 public:
     qwen35(const std::filesystem::path& dir, const model_options& options)
-        : ck_(io::checkpoint::open(dir)), opt_(options), cfg_(read_config(ck_)) {
+        : dir_(dir), ck_(io::checkpoint::open(dir)), opt_(options), cfg_(read_config(ck_)) {
         lo_ = linear_options{.threads = opt_.threads, .int8_activations = opt_.int8_activations};
         if (opt_.prefill_chunk == 0) throw std::runtime_error("qwen35: prefill_chunk must be positive");
         max_context_ = opt_.max_context ? opt_.max_context : cfg_.max_positions;
         prefix_ = ck_.contains("model.language_model.embed_tokens.weight") ? "model.language_model." : "model.";
         load_weights();
+        if (ck_.config().contains("vision_config") && ck_.contains("model.visual.patch_embed.proj.weight")) {
+            vision_.emplace(ck_, "model.visual.", lo_);
+            weight_bytes_ += vision_->weight_bytes();
+            if (vision_->config().out_hidden != cfg_.hidden)
+                throw std::runtime_error((ck_.path() / "config.json").string() +
+                                         ": vision_config.out_hidden_size " +
+                                         std::to_string(vision_->config().out_hidden) +
+                                         " is not the text hidden_size " + std::to_string(cfg_.hidden));
+            if (cfg_.image_token < 0 || static_cast<std::size_t>(cfg_.image_token) >= cfg_.vocab)
+                throw std::runtime_error((ck_.path() / "config.json").string() + ": image_token_id " +
+                                         std::to_string(cfg_.image_token) + " is outside the vocabulary");
+        }
         // RoPE inverse frequencies as transformers computes them (fp32).
         for (std::size_t i = 0; i < cfg_.rotary_dim / 2; ++i)
             inv_freq_.push_back(1.0f / std::pow(static_cast<float>(cfg_.rope_theta),
@@ -297,6 +341,8 @@ public:
 
     void reset() override {
         pos_ = 0;
+        rope_delta_ = 0;
+        images_.clear();
         for (auto& c : kv_) std::visit([](auto& kv) { kv.clear(); }, c);
         for (auto& s : conv_state_) std::fill(s.begin(), s.end(), 0.0f);
         for (auto& s : delta_state_) std::fill(s.begin(), s.end(), 0.0f);
@@ -324,11 +370,35 @@ public:
         if (n > max_context_ - pos_)
             throw std::invalid_argument("qwen35: " + std::to_string(pos_) + " + " + std::to_string(n) +
                                         " tokens exceed the context of " + std::to_string(max_context_));
+        // Positions (t, h, w) and image rows of the new tokens (get_rope_index); images
+        // consumed here stay alive in `done` until the chunks have run.
+        std::vector<std::array<std::int64_t, 3>> pos(n);
+        std::vector<const float*> rows(n, nullptr);
+        std::vector<queued_image> done;
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto index = static_cast<std::int64_t>(pos_ + i);
+            if (ids[i] != cfg_.image_token || images_.empty()) {
+                pos[i].fill(index + rope_delta_);
+                continue;
+            }
+            queued_image& im = images_.front();
+            const std::size_t k = im.used++, area = im.h * im.w;
+            if (k == 0) im.start = index + rope_delta_;
+            pos[i] = {im.start + static_cast<std::int64_t>(k / area), im.start + static_cast<std::int64_t>(k / im.w % im.h),
+                      im.start + static_cast<std::int64_t>(k % im.w)};
+            rows[i] = im.embeddings.data() + k * cfg_.hidden;
+            if (im.used == im.t * area) {
+                // The text after the image continues at start + max(h, w).
+                rope_delta_ += static_cast<std::int64_t>(std::max(im.h, im.w)) - static_cast<std::int64_t>(im.used);
+                done.push_back(std::move(im));  // a moved vector keeps its buffer: rows stay valid
+                images_.pop_front();
+            }
+        }
         for (std::size_t c0 = 0; c0 < n; c0 += opt_.prefill_chunk) {
             const std::size_t m = std::min(opt_.prefill_chunk, n - c0);
             const bool last = c0 + m == n;
             float* out = all_positions ? logits.data() + c0 * V : last ? logits.data() : nullptr;
-            run(ids.data() + c0, m, out, all_positions);
+            run(ids.data() + c0, pos.data() + c0, rows.data() + c0, m, out, all_positions);
         }
     }
 
@@ -350,6 +420,9 @@ public:
                         std::to_string(cfg_.hidden);
         if (cfg_.moe)
             d += ", " + std::to_string(cfg_.experts) + " experts top-" + std::to_string(cfg_.top_k) + " + shared";
+        if (vision_)
+            d += ", vision tower " + std::to_string(vision_->config().depth) + " blocks hidden " +
+                 std::to_string(vision_->config().hidden);
         d += ", weights " + weight_format_ + ", KV ";
         d += kv_.empty() ? std::string("none") : std::visit([](const auto& kv) {
             return std::string(std::decay_t<decltype(kv)>::policy::name());
@@ -357,7 +430,71 @@ public:
         return d;
     }
 
+    bool has_vision() const override { return vision_.has_value(); }
+
+    std::int32_t image_token_id() const override {
+        return vision_ ? static_cast<std::int32_t>(cfg_.image_token) : -1;
+    }
+
+    std::vector<std::int32_t> image_placeholder(std::size_t tokens) const override {
+        need_vision();
+        std::vector<std::int32_t> ids(tokens + 2, static_cast<std::int32_t>(cfg_.image_token));
+        ids.front() = static_cast<std::int32_t>(cfg_.vision_start);
+        ids.back() = static_cast<std::int32_t>(cfg_.vision_end);
+        return ids;
+    }
+
+    const qwen35_image_config& image_config() const override {
+        need_vision();
+        if (!image_config_) {
+            image_config_ = qwen35_image_config::load(dir_);
+            const qwen35_vision_config& v = vision_->config();
+            if (image_config_->patch_size != v.patch || image_config_->temporal_patch_size != v.temporal_patch ||
+                image_config_->merge_size != v.merge)
+                throw std::runtime_error((dir_ / "preprocessor_config.json").string() +
+                                         ": patch_size, temporal_patch_size or merge_size differ from config.json's "
+                                         "vision_config");
+        }
+        return *image_config_;
+    }
+
+    qwen35_vision_output encode_image(const qwen35_pixels& pixels) const override {
+        need_vision();
+        if (pixels.patch_dim != vision_->config().patch_dim())
+            throw std::invalid_argument("qwen35: patches of " + std::to_string(pixels.patch_dim) +
+                                        " values, the vision tower takes " +
+                                        std::to_string(vision_->config().patch_dim()));
+        return vision_->forward(pixels.values, pixels.grid_t, pixels.grid_h, pixels.grid_w);
+    }
+
+    std::size_t add_image(const qwen35_pixels& pixels) override {
+        qwen35_vision_output out = encode_image(pixels);
+        const std::size_t m = vision_->config().merge;
+        images_.push_back({std::move(out.merged), pixels.grid_t, pixels.grid_h / m, pixels.grid_w / m, 0, 0});
+        return pixels.patches() / (m * m);
+    }
+
+    std::vector<std::int32_t> queue_image(const rgb_image& image) override {
+        if (!vision_)
+            throw std::runtime_error(description() + ": this model does not read images (no vision tower in " +
+                                     (ck_.path() / "config.json").string() + ")");
+        const std::size_t n = add_image(qwen35_preprocess(image, image_config()));
+        return std::vector<std::int32_t>(n, static_cast<std::int32_t>(cfg_.image_token));
+    }
+
+    std::size_t pending_image_tokens() const override {
+        std::size_t n = 0;
+        for (const queued_image& im : images_) n += im.t * im.h * im.w - im.used;
+        return n;
+    }
+
 private:
+    void need_vision() const {
+        if (!vision_)
+            throw std::runtime_error((ck_.path() / "config.json").string() +
+                                     ": the model has no vision tower (vision_config and model.visual.* tensors)");
+    }
+
     delta_rule_shape delta_shape() const {
         return {.k_heads = cfg_.lk_heads, .v_heads = cfg_.lv_heads, .k_dim = cfg_.lk_dim, .v_dim = cfg_.lv_dim};
     }
@@ -455,14 +592,20 @@ private:
 
     /// One chunk of m tokens at pos_: updates every layer's cache; writes the logits of all m
     /// tokens (all) or of the last one (out may be null: none).
-    void run(const std::int32_t* ids, std::size_t m, float* out, bool all) {
+    /// `pos` holds the (t, h, w) positions of the m tokens; `image_rows[t]`, when set, is the image
+    /// embedding that replaces token t's.
+    void run(const std::int32_t* ids, const std::array<std::int64_t, 3>* pos, const float* const* image_rows,
+             std::size_t m, float* out, bool all) {
         const std::size_t H = cfg_.hidden;
         std::vector<float> x(m * H), h(m * H), y(m * H);
-        for (std::size_t t = 0; t < m; ++t) embed_.row(static_cast<std::size_t>(ids[t]), x.data() + t * H);
+        for (std::size_t t = 0; t < m; ++t) {
+            if (image_rows[t]) std::copy_n(image_rows[t], H, x.data() + t * H);
+            else embed_.row(static_cast<std::size_t>(ids[t]), x.data() + t * H);
+        }
         std::size_t lin = 0, att = 0;
         for (layer& L : layers_) {
             for (std::size_t t = 0; t < m; ++t) rms_norm(x.data() + t * H, H, L.in_norm.data(), cfg_.eps, h.data() + t * H);
-            if (L.full) attention(L, kv_[att++], h.data(), m, y.data());
+            if (L.full) attention(L, kv_[att++], h.data(), pos, m, y.data());
             else delta_net(L, conv_state_[lin], delta_state_[lin], h.data(), m, y.data()), ++lin;
             for (std::size_t i = 0; i < m * H; ++i) x[i] += y[i];
             for (std::size_t t = 0; t < m; ++t)
@@ -519,10 +662,12 @@ private:
         L.out.forward(core.data(), m, y, lo_);
     }
 
-    void rope(float* v, std::size_t pos) const {
+    /// M-RoPE on one head vector: frequency i rotates by the t, h or w position (see the top).
+    void rope(float* v, const std::array<std::int64_t, 3>& pos) const {
         const std::size_t half_dim = cfg_.rotary_dim / 2;
         for (std::size_t i = 0; i < half_dim; ++i) {
-            const float angle = inv_freq_[i] * static_cast<float>(pos);
+            const std::size_t axis = i % 3 == 1 && i < 3 * cfg_.mrope_h ? 1 : i % 3 == 2 && i < 3 * cfg_.mrope_w ? 2 : 0;
+            const float angle = inv_freq_[i] * static_cast<float>(pos[axis]);
             const float c = static_cast<float>(std::cos(static_cast<double>(angle)));
             const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
             const float x1 = v[i], x2 = v[i + half_dim];
@@ -531,7 +676,8 @@ private:
         }
     }
 
-    void attention(const layer& L, kv_any& cache, const float* h, std::size_t m, float* y) {
+    void attention(const layer& L, kv_any& cache, const float* h, const std::array<std::int64_t, 3>* pos, std::size_t m,
+                   float* y) {
         const std::size_t hd = cfg_.head_dim, nq = cfg_.heads, nkv = cfg_.kv_heads;
         std::vector<float> qg(m * 2 * nq * hd), q(m * nq * hd), gate(m * nq * hd), k(m * nkv * hd), v(m * nkv * hd),
             o(m * nq * hd);
@@ -544,12 +690,12 @@ private:
                 float* qq = q.data() + (t * nq + j) * hd;
                 rms_norm(src, hd, L.q_norm.data(), cfg_.eps, qq);
                 std::copy_n(src + hd, hd, gate.data() + (t * nq + j) * hd);
-                rope(qq, pos_ + t);
+                rope(qq, pos[t]);
             }
             for (std::size_t j = 0; j < nkv; ++j) {
                 float* kk = k.data() + (t * nkv + j) * hd;
                 rms_norm(kk, hd, L.k_norm.data(), cfg_.eps, kk);
-                rope(kk, pos_ + t);
+                rope(kk, pos[t]);
             }
         }
         const attention_params params{.scale = 1.0f / std::sqrt(static_cast<float>(hd)), .threads = opt_.threads};
@@ -636,6 +782,15 @@ private:
         }
     }
 
+    /// An encoded image waiting for its image-pad tokens.
+    struct queued_image {
+        std::vector<float> embeddings;      // [t · h · w][hidden]
+        std::size_t t = 0, h = 0, w = 0;    // token grid (patch grid / merge in h and w)
+        std::size_t used = 0;               // tokens already fed
+        std::int64_t start = 0;             // M-RoPE position of its first token
+    };
+
+    std::filesystem::path dir_;
     io::checkpoint ck_;
     model_options opt_{};
     config cfg_{};
@@ -649,6 +804,10 @@ private:
     std::vector<kv_any> kv_{};
     std::vector<std::vector<float>> conv_state_{}, delta_state_{};
     std::size_t pos_ = 0;
+    std::int64_t rope_delta_ = 0;  // M-RoPE text position − cache index (negative after images)
+    std::optional<qwen35_vision> vision_{};
+    mutable std::optional<qwen35_image_config> image_config_{};
+    std::deque<queued_image> images_{};
     std::size_t weight_bytes_ = 0;
     std::string weight_format_{};
 };
@@ -656,6 +815,10 @@ private:
 }  // namespace
 
 std::unique_ptr<causal_lm> load_qwen35(const std::filesystem::path& dir, const model_options& options) {
+    return open_qwen35(dir, options);
+}
+
+std::unique_ptr<qwen35_model> open_qwen35(const std::filesystem::path& dir, const model_options& options) {
     try {
         return std::make_unique<qwen35>(dir, options);
     } catch (const std::runtime_error&) {
