@@ -283,3 +283,43 @@ TEST_CASE("int8 activations: matmul equals one matvec per token, any thread coun
         }
     }
 }
+
+TEST_CASE("int8 activations: the batched kernel equals one matvec per token for every width, shape and tail") {
+    // matmul decodes a few rows' codes once and runs them against a register tile of tokens;
+    // its integer lanes, scales and lane sums are those of matvec's kernel, so the results are
+    // bit-identical (and matvec is checked against exact integer sums above). Shapes: row and
+    // token counts that are not multiples of the 4 × 2 tile, partial last blocks, blocks of
+    // 64..256 (fused and unpacking kernels) and 32 (the per-row fallback).
+    struct shape {
+        std::size_t rows, cols, block;
+    };
+    for (const shape s : {shape{29, 520, 128}, shape{4, 256, 128}, shape{7, 64, 64}, shape{13, 700, 256},
+                          shape{6, 100, 32}, shape{1, 128, 128}}) {
+        CAPTURE(s.rows);
+        CAPTURE(s.cols);
+        CAPTURE(s.block);
+        const auto w = gaussian(s.rows * s.cols, static_cast<unsigned>(s.rows + s.cols));
+        for (std::size_t n : {2u, 3u, 4u, 5u, 9u}) {
+            CAPTURE(n);
+            auto x = gaussian(n * s.cols, static_cast<unsigned>(n));
+            x[0] *= 30;  // an outlier: one token's first block gets a coarse step
+            hlwq::for_each_bits([&]<int B>() {
+                CAPTURE(B);
+                const auto q = hlwq::quantize<B>(w, s.rows, s.cols, {.block = s.block});
+                auto check = [&](auto backend, unsigned threads) {
+                    CAPTURE(threads);
+                    const hlwq::product_options opt{.threads = threads, .activations = hlwq::activation_precision::int8};
+                    std::vector<float> y(n * s.rows), yi(s.rows);
+                    hlwq::matmul(q, x, n, y, opt, backend);
+                    for (std::size_t i = 0; i < n; ++i) {
+                        hlwq::matvec(q, std::span(x).subspan(i * s.cols, s.cols), yi, opt, backend);
+                        for (std::size_t r = 0; r < s.rows; ++r) REQUIRE(y[i * s.rows + r] == yi[r]);
+                    }
+                };
+                check(hlwq::default_backend{}, 1);
+                check(hlwq::default_backend{}, 3);
+                check(hlwq::backend::scalar{}, 2);
+            });
+        }
+    }
+}

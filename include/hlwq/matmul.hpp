@@ -80,11 +80,9 @@ struct int8_activations {
     std::vector<std::int32_t> sum;   ///< per token and block
 };
 
-inline int8_activations quantize_activations(const float* xr, std::size_t count, std::size_t block, float step) {
-    int8_activations a;
-    a.q.resize(count * block);
-    a.scale.resize(count);
-    a.sum.resize(count);
+/// quantize_activations into given arrays: q (count · block), scale and sum (count each).
+inline void quantize_activations_to(const float* xr, std::size_t count, std::size_t block, float step, std::int8_t* q,
+                                    float* scale, std::int32_t* sums) {
     for (std::size_t b = 0; b < count; ++b) {
         const float* x = xr + b * block;
         float largest = 0.0f;
@@ -93,26 +91,40 @@ inline int8_activations quantize_activations(const float* xr, std::size_t count,
         std::int32_t sum = 0;
         for (std::size_t i = 0; i < block; ++i) {
             const auto v = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
-            a.q[b * block + i] = v;
+            q[b * block + i] = v;
             sum += v;
         }
-        a.sum[b] = sum;
-        a.scale[b] = largest / 127.0f * step / static_cast<float>(block);
+        sums[b] = sum;
+        scale[b] = largest / 127.0f * step / static_cast<float>(block);
     }
+}
+
+inline int8_activations quantize_activations(const float* xr, std::size_t count, std::size_t block, float step) {
+    int8_activations a;
+    a.q.resize(count * block);
+    a.scale.resize(count);
+    a.sum.resize(count);
+    quantize_activations_to(xr, count, block, step, a.q.data(), a.scale.data(), a.sum.data());
     return a;
 }
 
-/// Rows [r0, r1) of Y = X Ŵᵀ with int8 activations: one row's codes stay in cache while
-/// every token reads them.
+/// Rows [r0, r1) of Y = X Ŵᵀ with int8 activations; each row equals its matvec bit for bit.
+/// The kernel decodes a few rows' codes once for all tokens.
 template <int Bits, class Backend>
 void product_rows_int8(const quantized_view& q, const int_table& table, const int8_activations& a, std::size_t n,
                        float* y, std::size_t r0, std::size_t r1) {
-    const std::size_t nb = q.blocks_per_row(), len = nb * q.block;
-    for (std::size_t r = r0; r < r1; ++r)
-        for (std::size_t i = 0; i < n; ++i)
-            y[i * q.rows + r] = kernels<Backend>::template dot_row_int8<Bits>(
-                q.codes.data() + r * nb * q.block_bytes(), q.norms.data() + r * nb, nb, q.block, table.values.data(),
-                a.q.data() + i * len, a.scale.data() + i * nb, a.sum.data() + i * nb);
+    const std::size_t nb = q.blocks_per_row();
+    if (n == 1) {  // decode: straight from the packed codes, one row at a time
+        for (std::size_t r = r0; r < r1; ++r)
+            y[r] = kernels<Backend>::template dot_row_int8<Bits>(q.codes.data() + r * nb * q.block_bytes(),
+                                                                 q.norms.data() + r * nb, nb, q.block,
+                                                                 table.values.data(), a.q.data(), a.scale.data(),
+                                                                 a.sum.data());
+        return;
+    }
+    kernels<Backend>::template dot_rows_int8<Bits>(q.codes.data() + r0 * nb * q.block_bytes(), q.norms.data() + r0 * nb,
+                                                   r1 - r0, nb, q.block, table.values.data(), a.q.data(), a.scale.data(),
+                                                   a.sum.data(), n, y + r0, q.rows);
 }
 
 /// Rotates each of `n` activation rows x[i][0..cols) block by block: xr[i][b][0..B) =
@@ -170,15 +182,29 @@ void product(const quantized_view& q, std::span<const float> x, std::size_t n, s
     check_quantized(q);
     checked_size(n, q.cols, x.size(), fn);
     checked_size(n, q.rows, y.size(), fn);
-    std::vector<float> xr(n * q.blocks_per_row() * q.block);
-    rotate_activations<Backend>(q, x.data(), n, xr.data());
+    const std::size_t nb = q.blocks_per_row(), len = nb * q.block;
+    std::vector<float> xr(n * len);
     const unsigned threads = options.threads;
+    // Preparing the activations (rotation, rounding) is O(n · cols): split over tokens too when
+    // a batch has enough of them (at least ~16k values a thread).
+    const unsigned prep_threads = thread_count(threads, n, std::max<std::size_t>(1, (std::size_t{1} << 14) / len));
+    auto rotate = [&](std::size_t i0, std::size_t i1) {
+        rotate_activations<Backend>(q, x.data() + i0 * q.cols, i1 - i0, xr.data() + i0 * len);
+    };
     if (options.activations == activation_precision::int8) {
         with_bits(q.bits, [&]<int B>() {
             const int_table table = make_int_table<B>(q.centroids);
-            int8_activations a = quantize_activations(xr.data(), n * q.blocks_per_row(), q.block, table.step);
-            for (std::size_t b = 0; b < n * q.blocks_per_row(); ++b)
-                kernels<Backend>::template order_activations_int8<B>(a.q.data() + b * q.block, q.block);
+            int8_activations a;
+            a.q.resize(n * len);
+            a.scale.resize(n * nb);
+            a.sum.resize(n * nb);
+            parallel_for(n, prep_threads, [&](std::size_t i0, std::size_t i1) {
+                rotate(i0, i1);
+                quantize_activations_to(xr.data() + i0 * len, (i1 - i0) * nb, q.block, table.step, a.q.data() + i0 * len,
+                                        a.scale.data() + i0 * nb, a.sum.data() + i0 * nb);
+                for (std::size_t b = i0 * nb; b < i1 * nb; ++b)
+                    kernels<Backend>::template order_activations_int8<B>(a.q.data() + b * q.block, q.block);
+            });
             parallel_for(q.rows, thread_count(threads, q.rows, rows_per_thread(q.cols)),
                          [&](std::size_t r0, std::size_t r1) {
                              product_rows_int8<B, Backend>(q, table, a, n, y.data(), r0, r1);
@@ -186,9 +212,10 @@ void product(const quantized_view& q, std::span<const float> x, std::size_t n, s
         });
         return;
     }
+    parallel_for(n, prep_threads, rotate);
     with_bits(q.bits, [&]<int B>() {
         if (n == 1)  // the one-token path reads x in the order its kernel wants
-            for (std::size_t b = 0; b < q.blocks_per_row(); ++b)
+            for (std::size_t b = 0; b < nb; ++b)
                 kernels<Backend>::template order_activations<B>(xr.data() + b * q.block, q.block);
         parallel_for(q.rows, thread_count(threads, q.rows, rows_per_thread(q.cols)),
                      [&](std::size_t r0, std::size_t r1) { product_rows<B, Backend>(q, xr.data(), n, y.data(), r0, r1); });

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 /// AVX-512 VNNI and VBMI (byte permutes), the instructions of the int8-activation product.
 #if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
@@ -581,6 +582,27 @@ struct kernels<backend::cpu<Arch>> {
         return kernels<backend::scalar>::dot_row_int8<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
     }
 
+    /// dot_row_int8 for `rows` rows (codes and norms consecutive, `blocks` blocks each) against
+    /// `n` tokens (xq, xscale, xsum consecutive per token): y[i·ldy + r], bit for bit what
+    /// dot_row_int8 gives for each pair. AVX-512 VNNI: each 4 rows' codes are turned into the
+    /// operands of vpdpbusd / vpdpwssd once (not once per token) and a register tile of
+    /// 4 rows × 2 tokens runs over them. Other instruction sets: dot_row_int8 per pair.
+    template <int Bits>
+    static void dot_rows_int8(const std::uint8_t* codes, const half* norms, std::size_t rows, std::size_t blocks,
+                              std::size_t block, const std::int16_t* table, const std::int8_t* xq, const float* xscale,
+                              const std::int32_t* xsum, std::size_t n, float* y, std::size_t ldy) {
+#if HLWQ_CPU_HAS_VNNI
+        if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
+            if (block >= 64) return dot_rows_vnni<Bits>(codes, norms, rows, blocks, block, table, xq, xscale, xsum, n, y, ldy);
+        }
+#endif
+        const std::size_t row_bytes = blocks * packer<Bits>::packed_bytes(block), len = blocks * block;
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t i = 0; i < n; ++i)
+                y[i * ldy + r] = dot_row_int8<Bits>(codes + r * row_bytes, norms + r * blocks, blocks, block, table,
+                                                    xq + i * len, xscale + i * blocks, xsum + i * blocks);
+    }
+
     /// Packs n codes (one per byte, < 2^Bits) in the packer<Bits> layout, a 64-bit word at
     /// a time (the mirror of unpack).
     template <int Bits>
@@ -781,6 +803,171 @@ private:
         for (std::size_t h = 8; h > 0; h /= 2)
             for (std::size_t i = 0; i < h; ++i) sums[i] += sums[i + h];
         return sums[0];
+    }
+
+    /// dot_rows_int8 on AVX-512 VNNI (block >= 64, a power of two). The operands are the bytes
+    /// (narrow tables: biased centroids) or words (wide tables) dot_row_vnni feeds its
+    /// multiply-adds, in the same order and lanes, so the integer lanes, their scaling and the
+    /// final pairwise lane sum are the same operations: the results are bit-identical.
+    template <int Bits>
+    static void dot_rows_vnni(const std::uint8_t* codes, const half* norms, std::size_t rows, std::size_t blocks,
+                              std::size_t block, const std::int16_t* table, const std::int8_t* xq, const float* xscale,
+                              const std::int32_t* xsum, std::size_t n, float* y, std::size_t ldy) {
+        constexpr __mmask64 all = ~__mmask64{0};
+        constexpr __mmask32 all16 = ~__mmask32{0};
+        constexpr std::size_t levels = std::size_t{1} << Bits;
+        constexpr bool narrow = int_table_max<Bits> == 127;
+        constexpr std::size_t R = 4, T = 2;  // vnni_tile's rows and tokens
+        using elem = std::conditional_t<narrow, std::uint8_t, std::int16_t>;
+        const std::size_t block_bytes = block * Bits / 8, len = blocks * block;
+        const bool fused = fused_int8(Bits) && block % 128 == 0;
+        // The tables, as dot_row_vnni sets them up.
+        alignas(64) std::uint8_t biased[64] = {};
+        alignas(64) std::int16_t words[256] = {};
+        for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
+        std::copy_n(table, levels, words);
+        const __m512i lut = _mm512_load_si512(biased);
+        constexpr std::size_t pairs = narrow ? 1 : levels / 64;
+        __m512i t16[2 * pairs];
+        for (std::size_t k = 0; k < 2 * pairs; ++k) t16[k] = _mm512_load_si512(words + 32 * k);
+        auto lookup16 = [&](__m512i idx) {
+            __m512i w = _mm512_permutex2var_epi16(t16[0], idx, t16[1]);
+            if constexpr (pairs >= 2) {
+                const __mmask32 hi6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
+                w = _mm512_mask_blend_epi16(hi6, w, _mm512_permutex2var_epi16(t16[2], idx, t16[3]));
+                if constexpr (pairs == 4) {
+                    const __m512i w2 = _mm512_mask_blend_epi16(hi6, _mm512_permutex2var_epi16(t16[4], idx, t16[5]),
+                                                               _mm512_permutex2var_epi16(t16[6], idx, t16[7]));
+                    w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(128)), w, w2);
+                }
+            }
+            return w;
+        };
+        // 64 byte codes -> the multiplier operand of the 64 activations they meet
+        auto put64 = [&](__m512i idx, elem* dst) {
+            if constexpr (narrow) {
+                _mm512_storeu_si512(dst, Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx)
+                                                   : _mm512_maskz_permutexvar_epi8(all, idx, lut));
+            } else {
+                _mm512_storeu_si512(dst, lookup16(_mm512_maskz_cvtepu8_epi16(
+                                             all16, _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 0))));
+                _mm512_storeu_si512(dst + 32, lookup16(_mm512_maskz_cvtepu8_epi16(
+                                                  all16, _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 1))));
+            }
+        };
+        std::vector<elem> w(R * len);
+        std::vector<float> wnorm(blocks * R);      // [block][row]
+        std::vector<float> scale(blocks * T * R);  // [block][token][row]: norm · activation scale
+        alignas(64) std::uint8_t unpacked[1024];
+        for (std::size_t r0 = 0; r0 < rows; r0 += R) {
+            const std::size_t m = std::min(R, rows - r0);
+            for (std::size_t j = 0; j < m; ++j) {
+                const std::uint8_t* c = codes + (r0 + j) * blocks * block_bytes;
+                for (std::size_t b = 0; b < blocks; ++b, c += block_bytes) {
+                    elem* dst = w.data() + j * len + b * block;
+                    if (fused) {
+                        for (std::size_t p = 0; p < block / 128; ++p) {
+                            __m512i c0, c1;
+                            chunk_codes<Bits>(c, block, p, c0, c1);
+                            put64(c0, dst + 128 * p);
+                            put64(c1, dst + 128 * p + 64);
+                        }
+                    } else {
+                        unpack<Bits>(c, block, unpacked);
+                        for (std::size_t p = 0; p < block; p += 64) put64(_mm512_load_si512(unpacked + p), dst + p);
+                    }
+                    wnorm[b * R + j] = static_cast<float>(norms[(r0 + j) * blocks + b]);
+                }
+            }
+            for (std::size_t j = m; j < R; ++j)
+                for (std::size_t b = 0; b < blocks; ++b) wnorm[b * R + j] = wnorm[b * R + m - 1];
+            // Tails: missing rows and tokens repeat the last real one; their sums are dropped.
+            const elem* wr[R];
+            for (std::size_t j = 0; j < R; ++j) wr[j] = w.data() + std::min(j, m - 1) * len;
+            switch (block / 64) {  // the 64-value steps of a block as a constant, to unroll
+            case 1: vnni_tile<narrow, 1>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 2: vnni_tile<narrow, 2>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 4: vnni_tile<narrow, 4>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 8: vnni_tile<narrow, 8>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            default: vnni_tile<narrow, 16>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            }
+        }
+        (void)all;
+        (void)all16;
+    }
+
+    /// The register tile of dot_rows_vnni: rows wr[0..4) (operands; m of them real) against
+    /// every token, 2 at a time; P = block / 64. Writes y[i·ldy + j] for j < m.
+    template <bool Narrow, std::size_t P>
+    static void vnni_tile(const std::conditional_t<Narrow, std::uint8_t, std::int16_t>* const* wr, std::size_t m,
+                          const float* wnorm, float* scale, const std::int8_t* xq, const float* xscale,
+                          const std::int32_t* xsum, std::size_t n, std::size_t blocks, float* y, std::size_t ldy) {
+        constexpr std::size_t R = 4, T = 2, block = 64 * P;
+        constexpr __mmask32 all16 = ~__mmask32{0};
+        const std::size_t len = blocks * block;
+        for (std::size_t i0 = 0; i0 < n; i0 += T) {
+            const std::size_t nt = std::min(T, n - i0);
+            const std::int8_t* xt[T];
+            const float* st[T];
+            const std::int32_t* sum[T];
+            for (std::size_t t = 0; t < T; ++t) {
+                const std::size_t i = i0 + std::min(t, nt - 1);
+                xt[t] = xq + i * len;
+                st[t] = xscale + i * blocks;
+                sum[t] = xsum + i * blocks;
+            }
+            // The block scales as dot_row_vnni forms them (one float product each), laid out
+            // for broadcasts straight from memory.
+            for (std::size_t b = 0; b < blocks; ++b)
+                for (std::size_t t = 0; t < T; ++t)
+                    _mm_storeu_ps(scale + (b * T + t) * R, _mm_mul_ps(_mm_loadu_ps(wnorm + b * R), _mm_set1_ps(st[t][b])));
+            __m512 acc[R][T];
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j)
+#pragma GCC unroll 4
+                for (std::size_t t = 0; t < T; ++t) acc[j][t] = _mm512_setzero_ps();
+            for (std::size_t b = 0; b < blocks; ++b) {
+                const std::size_t o = b * block;
+#pragma GCC unroll 4
+                for (std::size_t t = 0; t < T; ++t) {
+                    const __m512i init = Narrow ? _mm512_maskz_set1_epi32(1, -128 * sum[t][b]) : _mm512_setzero_si512();
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j) {
+                        __m512i lanes = init;
+#pragma GCC unroll 16
+                        for (std::size_t p = o; p < o + block; p += 64) {
+                            if constexpr (Narrow) {
+                                lanes = _mm512_dpbusd_epi32(lanes, _mm512_loadu_si512(wr[j] + p), _mm512_loadu_si512(xt[t] + p));
+                            } else {
+                                for (std::size_t h = 0; h < 64; h += 32)
+                                    lanes = _mm512_dpwssd_epi32(
+                                        lanes, _mm512_loadu_si512(wr[j] + p + h),
+                                        _mm512_maskz_cvtepi8_epi16(all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt[t] + p + h))));
+                            }
+                        }
+                        acc[j][t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes),
+                                                    _mm512_set1_ps(scale[(b * T + t) * R + j]), acc[j][t]);
+                    }
+                }
+            }
+            // The pairwise lane sum of dot_row_vnni (s[i] + s[i+8], then +4, +2, +1), lane-wise;
+            // constant indices keep acc in registers.
+            float res[R][T];
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j)
+#pragma GCC unroll 4
+                for (std::size_t t = 0; t < T; ++t) {
+                    __m512 v = acc[j][t];
+                    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0xEE));
+                    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0x01));
+                    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x0E));
+                    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x01));
+                    res[j][t] = _mm512_cvtss_f32(v);
+                }
+            for (std::size_t j = 0; j < m; ++j)
+                for (std::size_t t = 0; t < nt; ++t) y[(i0 + t) * ldy + j] = res[j][t];
+        }
+        (void)all16;
     }
 #endif
 

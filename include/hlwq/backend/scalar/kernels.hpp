@@ -120,6 +120,19 @@ struct kernels<backend::scalar> {
         return row;
     }
 
+    /// dot_row_int8 of `rows` rows (codes and norms consecutive) against `n` tokens (xq, xscale,
+    /// xsum consecutive per token), into y[i·ldy + r].
+    template <int Bits>
+    static void dot_rows_int8(const std::uint8_t* codes, const half* norms, std::size_t rows, std::size_t blocks,
+                              std::size_t block, const std::int16_t* table, const std::int8_t* xq, const float* xscale,
+                              const std::int32_t* xsum, std::size_t n, float* y, std::size_t ldy) {
+        const std::size_t row_bytes = blocks * packer<Bits>::packed_bytes(block), len = blocks * block;
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t i = 0; i < n; ++i)
+                y[i * ldy + r] = dot_row_int8<Bits>(codes + r * row_bytes, norms + r * blocks, blocks, block, table,
+                                                    xq + i * len, xscale + i * blocks, xsum + i * blocks);
+    }
+
     /// Unpacks n codes packed by packer<Bits> (packed_bytes(n) bytes) to one per byte.
     template <int Bits>
     static void unpack(const std::uint8_t* packed, std::size_t n, std::uint8_t* codes) {
