@@ -340,21 +340,23 @@ public:
     std::size_t max_context() const override { return max_context_; }
 
     void reset() override {
-        pos_ = 0;
-        rope_delta_ = 0;
         images_.clear();
-        for (auto& c : kv_) std::visit([](auto& kv) { kv.clear(); }, c);
-        for (auto& s : conv_state_) std::fill(s.begin(), s.end(), 0.0f);
-        for (auto& s : delta_state_) std::fill(s.begin(), s.end(), 0.0f);
+        clear_cache();
     }
 
     void truncate(std::size_t n) override {
         if (n == pos_) return;
-        if (n == 0) return reset();
+        if (n == 0) {
+            // Empties the cache but keeps the images queued and not yet fed (a caller that
+            // re-feeds a prompt from the start queues its images first); one partly fed has
+            // lost its first tokens and is dropped.
+            if (!images_.empty() && images_.front().used) images_.pop_front();
+            return clear_cache();
+        }
         throw std::invalid_argument("qwen35: cannot truncate the cache from position " + std::to_string(pos_) +
                                     " to " + std::to_string(n) +
                                     ": the linear-attention layers keep a recurrent state that cannot be rolled "
-                                    "back (only truncate(position()) and truncate(0) = reset are possible)");
+                                    "back (only truncate(position()) and truncate(0) are possible)");
     }
 
     void forward(std::span<const std::int32_t> ids, std::span<float> logits, bool all_positions) override {
@@ -489,6 +491,14 @@ public:
     }
 
 private:
+    void clear_cache() {
+        pos_ = 0;
+        rope_delta_ = 0;
+        for (auto& c : kv_) std::visit([](auto& kv) { kv.clear(); }, c);
+        for (auto& s : conv_state_) std::fill(s.begin(), s.end(), 0.0f);
+        for (auto& s : delta_state_) std::fill(s.begin(), s.end(), 0.0f);
+    }
+
     void need_vision() const {
         if (!vision_)
             throw std::runtime_error((ck_.path() / "config.json").string() +

@@ -27,7 +27,7 @@
 /// recurrent states of the linear-attention layers hold the whole past in a fixed-size summary
 /// and cannot be rolled back to an earlier position, so any other n throws
 /// std::invalid_argument (a caller re-using a prompt prefix must reset and feed it again).
-/// reset() also drops queued images.
+/// reset() also drops queued images; truncate(0) keeps those not yet fed.
 #pragma once
 
 #include "image.hpp"

@@ -24,7 +24,9 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <utility>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -294,6 +296,22 @@ TEST_CASE("qwen35 vision: greedy tokens equal generate()") {
     }
 }
 
+TEST_CASE("qwen35 vision: truncate(0) keeps the queued image, reset() drops it") {
+    const vision_ref ref;
+    const std::vector<std::int32_t> ids = ref.ids("input_ids");
+    const auto model = open_qwen35(fixture, exact_options());
+    model->add_image(ref.pixels("pixel_values", "image_grid_thw"));
+    std::vector<float> first(3 * model->vocab_size());
+    model->forward(std::span(ids).first(3), first, true);  // text only: the image stays queued
+    CHECK(model->pending_image_tokens() == 12);
+    model->truncate(0);  // a prompt fed again from the start (chat_session)
+    CHECK(model->pending_image_tokens() == 12);
+    CHECK(rel_error(all_logits(*model, ids), ref.floats("logits")) <= 1e-4);
+    model->add_image(ref.pixels("pixel_values", "image_grid_thw"));
+    model->reset();
+    CHECK(model->pending_image_tokens() == 0);
+}
+
 TEST_CASE("qwen35 vision: errors") {
     const vision_ref ref;
     const auto model = open_qwen35(fixture, exact_options());
@@ -321,3 +339,61 @@ TEST_CASE("qwen35 vision: errors") {
     model->reset();
     CHECK(model->pending_image_tokens() == 0);
 }
+
+#ifdef HLWQ_QWEN35_CHAT_EXE
+namespace {
+
+/// Runs qwen35_chat with `args`; returns (exit status, stdout).
+std::pair<int, std::string> run_qwen35_chat(const std::vector<std::string>& args) {
+    std::string cmd = std::string("'") + HLWQ_QWEN35_CHAT_EXE + "'";
+    for (const auto& a : args) cmd += " '" + a + "'";
+    cmd += " 2>/dev/null </dev/null";
+    std::string out;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    char buf[4096];
+    std::size_t n = 0;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    const int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string join(const std::vector<std::int32_t>& ids) {
+    std::string s;
+    for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE("qwen35_chat: --ids --image --logits-out and --greedy equal transformers") {
+    const vision_ref ref;
+    const std::vector<std::int32_t> ids = ref.ids("input_ids");
+    const fs::path out = fs::temp_directory_path() / ("hlwq_qwen35_vision_logits_" + std::to_string(::getpid()) +
+                                                      ".safetensors");
+    const std::string png = (fixture / "image.png").string();
+    const auto [rc, text] = run_qwen35_chat({"--model", fixture.string(), "--ids", join(ids), "--image", png,
+                                             "--logits-out", out.string(), "--kv-bits", "32", "--exact", "--threads",
+                                             "2"});
+    REQUIRE(rc == 0);
+    {
+        const auto file = hlwq::io::safetensors_file::open(out);
+        const auto view = file.view("logits");
+        std::vector<float> got(view.numel());
+        view.copy_to(std::span<float>(got));
+        const double err = rel_error(got, ref.floats("logits"));
+        MESSAGE("qwen35_chat --image --logits-out: within " << err << " of max|logit|");
+        CHECK(err <= 1e-4);
+    }
+    fs::remove(out);
+    const auto [rc2, greedy] = run_qwen35_chat({"--model", fixture.string(), "--ids", join(ids), "--image", png,
+                                                "--greedy", "12", "--kv-bits", "32", "--exact", "--threads", "2"});
+    REQUIRE(rc2 == 0);
+    CHECK(greedy == join(ref.ids("greedy_ids")) + "\n");
+    // A text-only model refuses --image with a clear error (exit status 1).
+    const auto [rc3, none] = run_qwen35_chat({"--model", (fs::path(HLWQ_FIXTURES_DIR) / "qwen35" / "dense").string(),
+                                              "--ids", "1,2", "--image", png, "--greedy", "1"});
+    CHECK(rc3 == 1);
+    CHECK(none.empty());
+}
+#endif
