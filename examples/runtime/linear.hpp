@@ -83,9 +83,12 @@ public:
     /// the matvec path, more the matmul path.
     void forward(const float* x, std::size_t n, float* y, const linear_options& o) const {
         if (n == 0) return;
-        // Starting a thread costs tens of microseconds: each one gets at least ~256k weights
-        // times tokens of work, so the small products of a decode step stay on one thread.
-        const std::size_t min_rows = std::max<std::size_t>(1, (std::size_t{1} << 18) / std::max<std::size_t>(1, cols_ * n));
+        // Workers come from parallel_for's persistent pool, so a split costs a hand-off of a
+        // few microseconds, not a thread start: each worker gets at least ~64k weights times
+        // tokens (hlwq's rows_per_thread): ~10 µs of work, several hand-offs' worth. (On
+        // gemma4-gcide-tiny, 2 threads, decode speed did not move measurably between 16k and
+        // 256k on a loaded machine.)
+        const std::size_t min_rows = detail::rows_per_thread(cols_ * n);
         const unsigned threads = detail::thread_count(o.threads, rows_, min_rows);
         if (q_) {
             const product_options po{.threads = threads,
