@@ -360,7 +360,10 @@ std::pair<int, std::string> run_qwen35_chat(const std::vector<std::string>& args
 
 std::string join(const std::vector<std::int32_t>& ids) {
     std::string s;
-    for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (i) s += ',';
+        s += std::to_string(ids[i]);
+    }
     return s;
 }
 
