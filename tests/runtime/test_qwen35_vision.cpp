@@ -10,9 +10,12 @@
 #include "qwen35_image.hpp"
 #include "resample.hpp"
 
+#include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/io/safetensors.hpp>
+#include <hlwq/quantize.hpp>
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +27,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <utility>
@@ -310,6 +314,95 @@ TEST_CASE("qwen35 vision: truncate(0) keeps the queued image, reset() drops it")
     model->add_image(ref.pixels("pixel_values", "image_grid_thw"));
     model->reset();
     CHECK(model->pending_image_tokens() == 0);
+}
+
+namespace {
+
+/// The fixture as an HLWQ folder at `out`: every 2-D linear weight of the text model and the
+/// vision tower (not the embeddings, the position table, the Conv3d or conv1d) quantized at
+/// `bits` in blocks of 32 columns (hlwq-quantize keeps matrices under 128 columns: most of
+/// this tiny model), or, with `dequantized`, those weights replaced by their dequantized fp32.
+void write_hlwq(const fs::path& out, int bits, bool dequantized) {
+    const std::size_t block = 32;
+    const auto src = hlwq::io::safetensors_file::open(fixture / "model.safetensors");
+    const auto quantize_it = [](std::string_view n, const hlwq::io::tensor_view& v) {
+        return v.shape.size() == 2 && n.ends_with(".weight") && n.find("embed") == std::string_view::npos;
+    };
+    hlwq::io::quantization_config qc;
+    qc.bits = bits;
+    qc.block_size = block;
+    std::vector<hlwq::io::tensor_spec> specs;
+    for (std::string_view n : src.names()) {
+        const auto v = src.view(n);
+        const std::vector<std::int64_t> shape(v.shape.begin(), v.shape.end());
+        if (!quantize_it(n, v) || dequantized) {
+            specs.push_back({std::string(n), v.type, shape});
+            if (quantize_it(n, v)) qc.tensors[std::string(n)] = {.shape = shape, .bits = bits};
+            continue;
+        }
+        qc.tensors[std::string(n)] = {.shape = shape, .bits = bits};
+        for (auto& spec : hlwq::io::quantized_tensor_specs(n, shape, bits, block)) specs.push_back(std::move(spec));
+    }
+    fs::create_directories(out);
+    hlwq::io::safetensors_writer w(out / "model.safetensors", specs);
+    for (std::string_view n : src.names()) {
+        const auto v = src.view(n);
+        if (!qc.tensors.count(n)) {
+            w.write(n, v.data);
+            continue;
+        }
+        const auto cols = static_cast<std::size_t>(v.shape.back());
+        const hlwq::quantized_matrix q = hlwq::quantize(v.as<float>(), v.numel() / cols, cols, bits,
+                                                        hlwq::quantize_options{.block = block, .threads = 2});
+        if (dequantized) {
+            std::vector<float> d(v.numel());
+            hlwq::dequantize(q, d, 2);
+            w.write(n, std::span<const float>(d));
+        } else {
+            hlwq::io::write_quantized(w, n, q);
+        }
+    }
+    w.finish();
+    const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(fixture / "config.json"));
+    std::ofstream(out / "config.json") << (dequantized ? cfg : hlwq::io::with_quantization_config(cfg, qc)).dump(1);
+    fs::copy_file(fixture / "preprocessor_config.json", out / "preprocessor_config.json");
+}
+
+}  // namespace
+
+// The tower's linear layers run through linear.hpp, so HLWQ codes work there too
+// (hlwq-quantize --include-vision). The products on the codes equal fp32 products on the
+// dequantized weights up to fp32 rounding (≈1e-6 relative per product) times the amplification
+// of these O(1)-weight models (see test_qwen35.cpp), hence 1e-4 as for the fp32 parity
+// (measured ≤ 6e-6); the error against transformers is the quantization's and is only reported.
+TEST_CASE("qwen35 vision: HLWQ weights in the tower and the text model (codes == dequantized fp32)") {
+    const vision_ref ref;
+    const std::vector<std::int32_t> ids = ref.ids("input_ids");
+    const qwen35_pixels pixels = ref.pixels("pixel_values", "image_grid_thw");
+    for (const int bits : {8, 4}) {
+        CAPTURE(bits);
+        const fs::path base = fs::temp_directory_path() /
+                              ("hlwq_qwen35_vision_q" + std::to_string(bits) + "_" + std::to_string(::getpid()));
+        fs::remove_all(base);
+        write_hlwq(base / "codes", bits, false);
+        write_hlwq(base / "dequantized", bits, true);
+        const auto q = open_qwen35(base / "codes", exact_options());
+        const auto d = open_qwen35(base / "dequantized", exact_options());
+        CHECK(q->description().find("PQ" + std::to_string(bits)) != std::string::npos);
+        const double tower = rel_error(q->encode_image(pixels).merged, d->encode_image(pixels).merged);
+        const double tower_ref = rel_error(q->encode_image(pixels).merged, ref.floats("image_embeds"));
+        // End to end from the PNG through queue_image (preprocessor_config.json of the folder).
+        const std::size_t pads = q->queue_image(load_image(fixture / "image.png")).size();
+        d->add_image(pixels);
+        CHECK(pads == 12);
+        const std::vector<float> got = all_logits(*q, ids);
+        const double logits = rel_error(got, all_logits(*d, ids)), logits_ref = rel_error(got, ref.floats("logits"));
+        MESSAGE("PQ" << bits << ": image embeddings codes vs dequantized " << tower << " (vs transformers "
+                     << tower_ref << "), logits " << logits << " (vs transformers " << logits_ref << ")");
+        CHECK(tower <= 1e-4);
+        CHECK(logits <= 1e-4);
+        fs::remove_all(base);
+    }
 }
 
 TEST_CASE("qwen35 vision: errors") {
