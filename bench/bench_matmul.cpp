@@ -12,6 +12,8 @@
 //   matmul/...   4096 x 4096 times a batch of 8, 32, 128 tokens, one thread; items = flops
 //                (2 · rows · cols · batch); matmul/dense_f32/<n> is Eigen's product;
 //                matmul/PQ<b>/int8/<n> uses int8 activations.
+//   prefill/...  a small model's layer shapes (1536 x 384, 384 x 1536, 8192 x 384) times 32 or
+//                512 tokens, one thread: PQ4 (fp32 and int8 activations) against Eigen fp32.
 #include <hlwq/matmul.hpp>
 
 #include <Eigen/Core>
@@ -169,8 +171,11 @@ void add_matmul(std::size_t n) {
         }
         st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * 2 * kMmRows * kMmCols * n));
     });
-    for (const auto& [bits, precision] : {std::pair{2, hlwq::activation_precision::f32}, std::pair{4, hlwq::activation_precision::f32},
-                                           std::pair{8, hlwq::activation_precision::f32}, std::pair{4, hlwq::activation_precision::int8}}) {
+    for (const auto& variant : {std::pair{2, hlwq::activation_precision::f32}, std::pair{4, hlwq::activation_precision::f32},
+                                std::pair{8, hlwq::activation_precision::f32}, std::pair{4, hlwq::activation_precision::int8}}) {
+        // named copies: clang 14 cannot capture structured bindings
+        const int bits = variant.first;
+        const hlwq::activation_precision precision = variant.second;
         const bool int8 = precision == hlwq::activation_precision::int8;
         add({"matmul/PQ" + std::to_string(bits) + (int8 ? "/int8/" : "/") + std::to_string(n), "matmul", 0, flops, "", dense},
             [n, bits, precision](benchmark::State& st) {
@@ -186,6 +191,40 @@ void add_matmul(std::size_t n) {
     }
 }
 
+// Prefill-sized products of a small model's layers (Gemma 4 tiny: 1536 x 384 attention and
+// MLP, 384 x 1536 down, 8192 x 384 an output head) on one thread, PQ4 against Eigen's fp32.
+void add_prefill(std::size_t rows, std::size_t cols, std::size_t n) {
+    const std::size_t flops = 2 * rows * cols * n;
+    const std::string shape = std::to_string(rows) + "x" + std::to_string(cols) + "/" + std::to_string(n);
+    const std::string dense = "prefill/dense_f32/" + shape;
+    add({dense, "prefill", 0, flops, "", ""}, [rows, cols, n, flops](benchmark::State& st) {
+        using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        const Eigen::Map<const M> w(weights().data(), static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+        const auto xv = gaussian(n * cols, 3);
+        const Eigen::Map<const M> x(xv.data(), static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(cols));
+        M y(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(rows));
+        for (auto _ : st) {
+            y.noalias() = x * w.transpose();
+            benchmark::DoNotOptimize(y.data());
+        }
+        st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * flops));
+    });
+    for (const auto precision : {hlwq::activation_precision::f32, hlwq::activation_precision::int8}) {
+        const bool int8 = precision == hlwq::activation_precision::int8;
+        add({std::string("prefill/PQ4") + (int8 ? "/int8/" : "/") + shape, "prefill", 0, flops, "", dense},
+            [rows, cols, n, flops, precision](benchmark::State& st) {
+                const auto q = hlwq::quantize(std::span(weights()).first(rows * cols), rows, cols, 4);
+                const auto x = gaussian(n * cols, 3);
+                std::vector<float> y(n * rows);
+                for (auto _ : st) {
+                    hlwq::matmul(q, x, n, y, {.threads = 1, .activations = precision});
+                    benchmark::DoNotOptimize(y.data());
+                }
+                st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * flops));
+            });
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -193,6 +232,7 @@ int main(int argc, char** argv) {
         {"matvec", "16384 x 4096, 2 threads; bytes = bytes read (codes + norms, or the dense matrix); "
                    "x memcpy column = time / time of streaming the PQ4 matrix's bytes"},
         {"matmul", "4096 x 4096 x batch, 1 thread; items = flops (Mitems/s = MFLOP/s)"},
+        {"prefill", "rows x cols / batch, 1 thread, PQ4; items = flops; speedup = Eigen fp32 time / its time"},
     };
     hlwq_bench::speedup_note() = "dense fp32 time / its time";
     add_stream(stored_bytes(4));
@@ -200,5 +240,10 @@ int main(int argc, char** argv) {
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::f32);
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::int8);
     for (std::size_t n : {8, 32, 128}) add_matmul(n);
+    for (std::size_t n : {32, 512}) {
+        add_prefill(1536, 384, n);
+        add_prefill(384, 1536, n);
+        add_prefill(8192, 384, n);
+    }
     return hlwq_bench::run_main(argc, argv);
 }

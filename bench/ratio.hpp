@@ -150,7 +150,9 @@ private:
                 speedup = line;
             }
             if (e.items) {
-                std::snprintf(line, sizeof line, "%.1f", static_cast<double>(e.items) / *t / 1e6);
+                // whole-model benchmarks count tokens: thousands a second, so keep 4 digits
+                const double m = static_cast<double>(e.items) / *t / 1e6;
+                std::snprintf(line, sizeof line, m >= 100 ? "%.1f" : "%.4g", m);
                 items = line;
             }
             std::snprintf(line, sizeof line, "  %-26s %10zu %12s %9s %8.2f %10s %8s\n", e.name.c_str(), e.bytes,
