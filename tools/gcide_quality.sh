@@ -5,7 +5,10 @@
 # eval.txt (the model README's method, the whole file), its ratio to bf16, and agreement of the
 # six greedy continuations of reference.json.
 #
-#   tools/gcide_quality.sh BUILD_DIR MODEL_DIR WORK_DIR [JOBS] [SLICES] [EXTRA_RECIPE_FILE...]
+#   tools/gcide_quality.sh BUILD_DIR MODEL_DIR WORK_DIR [JOBS] [SLICES] [EXTRA_RECIPE...]
+#
+# EXTRA_RECIPE: more hlwq-quantize recipes (built-in names or JSON files) as rows;
+# HLWQ_QUALITY_ROWS="PQ7 PQ4-E8" (environment) computes only those rows and bf16.
 #
 # The perplexity of each row is computed in SLICES slices of windows (--first-window /
 # --max-windows), JOBS single-threaded processes at a time, and recombined exactly (log ppl is
@@ -25,6 +28,7 @@ recipes=(PQ2 PQ3 PQ4 PQ5 PQ6 PQ7 PQ8 PQ2-Mixed)
 for r in "${recipes[@]}" "${extra[@]}"; do
     name=$(basename "$r" .json)
     [[ -f $work/$name.json ]] && continue
+    [[ -n ${HLWQ_QUALITY_ROWS:-} && " $HLWQ_QUALITY_ROWS " != *" $name "* ]] && continue
     echo "quantize $name" >&2
     "$quantize" "$model" "$work/$name" --recipe "$r" --json "$work/$name.json" --force --threads 2 >/dev/null
 done
@@ -33,6 +37,15 @@ done
 rows=("bf16 $model 0")
 for r in "${recipes[@]}" "${extra[@]}"; do rows+=("$(basename "$r" .json) $work/$(basename "$r" .json) 0"); done
 rows+=("bf16+KV4 $model 4" "bf16+KV3 $model 3" "bf16+KV2 $model 2")
+# HLWQ_QUALITY_ROWS="PQ7 PQ4-E8": only those rows (and bf16, the baseline of the ratios).
+if [[ -n ${HLWQ_QUALITY_ROWS:-} ]]; then
+    kept=()
+    for row in "${rows[@]}"; do
+        name=${row%% *}
+        [[ $name == bf16 || " $HLWQ_QUALITY_ROWS " == *" $name "* ]] && kept+=("$row")
+    done
+    rows=("${kept[@]}")
+fi
 
 windows=$(( $(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["eval_tokens"])' "$model/reference.json") / 511 ))
 per=$(( (windows + slices - 1) / slices ))
