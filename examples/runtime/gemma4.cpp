@@ -25,10 +25,19 @@
 // router norm have no weight. Attention scaling is 1 (q/k norms do the scaling). Sliding layers
 // use the "default" RoPE, full layers the "proportional" one (rotating only the first
 // partial_rotary_factor of the angle pairs), each with the head_dim of its layer type.
+//
+// Images (Gemma4Model.forward): h at an image token is its image's embedding from
+// gemma4_vision.cpp (not scaled), and image/video/audio tokens look up the pad token for the
+// embedding and the PLE; with use_bidirectional_attention "vision" an image's tokens also see
+// the later tokens of the same image on sliding layers (create_masks_for_vision_model).
 #include "gemma4.hpp"
 
+#include "gemma4_image.hpp"
+#include "gemma4_vision.hpp"
+#include "image.hpp"
 #include "linear.hpp"
 
+#include <hlwq/detail/parallel.hpp>
 #include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/kv_cache.hpp>
 
@@ -39,8 +48,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <set>
@@ -93,6 +104,10 @@ struct gemma4_config {
     std::size_t experts = 0, top_k = 0, moe_intermediate = 0;
     rope_spec rope_sliding{}, rope_full{};
     std::vector<layer_spec> layer{};
+    // Gemma4ForConditionalGeneration: the multimodal token ids (-1 when absent) and whether an
+    // image's tokens attend to each other bidirectionally on sliding layers.
+    std::int32_t pad_id = 0, image_id = -1, boi_id = -1, eoi_id = -1, video_id = -1, audio_id = -1;
+    bool bidirectional_vision = false;
 };
 
 /// Reads keys of one config object; every problem names the file and the key.
@@ -169,6 +184,17 @@ gemma4_config parse_config(const json& root, const std::filesystem::path& file) 
         text = &root["text_config"];
         where += " (text_config)";
         c.prefix = "model.language_model.";
+        const auto id = [&](const char* key) -> std::int32_t {
+            const auto it = root.find(key);
+            if (it == root.end() || it->is_null()) return -1;
+            if (!it->is_number_integer() || it->get<std::int64_t>() < 0) top.fail(std::string("key '") + key + "' is not a token id");
+            return static_cast<std::int32_t>(it->get<std::int64_t>());
+        };
+        c.image_id = id("image_token_id");
+        c.boi_id = id("boi_token_id");
+        c.eoi_id = id("eoi_token_id");
+        c.video_id = id("video_token_id");
+        c.audio_id = id("audio_token_id");
     } else if (model_type != "gemma4_text") {
         top.fail("model_type \"" + model_type + "\" is not a Gemma 4 text model (gemma4_text or gemma4)");
     }
@@ -195,6 +221,11 @@ gemma4_config parse_config(const json& root, const std::filesystem::path& file) 
     if (const auto bidi = r.string_opt("use_bidirectional_attention"); bidi && *bidi != "vision")
         r.fail("key 'use_bidirectional_attention' = \"" + *bidi +
                "\" is not supported (text is causal; only null or \"vision\", which affects images only)");
+    else c.bidirectional_vision = bidi.has_value();
+    if (r.has("pad_token_id")) {
+        const json& pad = r.at("pad_token_id");
+        if (!pad.is_null()) c.pad_id = static_cast<std::int32_t>(r.count("pad_token_id", false));
+    }
     if (r.has("final_logit_softcapping")) {
         const double cap = r.number_or("final_logit_softcapping", 0);
         if (!(cap > 0)) r.fail("key 'final_logit_softcapping' must be positive or null");
@@ -333,6 +364,8 @@ struct kv_store {
     virtual void attention(std::span<const float> q, std::size_t n_q_heads, std::size_t n, std::span<float> out,
                            const attention_params& p) const = 0;
     virtual bool can_truncate(std::size_t n) const = 0;
+    /// The key and value (dequantized) at `position` of kv head `h`.
+    virtual void read(std::size_t position, std::size_t h, std::span<float> k, std::span<float> v) const = 0;
     virtual void truncate(std::size_t n) = 0;
     virtual void clear() = 0;
     virtual std::size_t held_bytes() const = 0;
@@ -352,6 +385,10 @@ struct kv_store_of final : kv_store {
         const std::size_t w = cache.config().sliding_window.value_or(0);
         const std::size_t lowest = w && n + 1 > w ? n + 1 - w : 0;
         return n == 0 || lowest >= cache.first_position();
+    }
+    void read(std::size_t position, std::size_t h, std::span<float> k, std::span<float> v) const override {
+        cache.key(position, h, k);
+        cache.value(position, h, v);
     }
     void truncate(std::size_t n) override { cache.truncate(n); }
     void clear() override { cache.clear(); }
@@ -431,13 +468,32 @@ void apply_rope(float* x, std::size_t n_heads, std::size_t d, const float* cos, 
 // The model
 // ---------------------------------------------------------------------------------------------
 
-class gemma4_model final : public causal_lm {
+class gemma4_model final : public gemma4_lm {
 public:
-    gemma4_model(io::checkpoint ck, gemma4_config cfg, const model_options& o)
+    gemma4_model(io::checkpoint ck, gemma4_config cfg, const model_options& o, const std::filesystem::path& dir)
         : ck_(std::move(ck)), cfg_(std::move(cfg)), opt_(o) {
         if (opt_.prefill_chunk == 0) throw std::runtime_error("gemma4: prefill_chunk must be positive");
         max_context_ = opt_.max_context ? opt_.max_context : cfg_.max_positions;
         lin_ = linear_options{.threads = opt_.threads, .int8_activations = opt_.int8_activations};
+        max_chunk_ = opt_.prefill_chunk;
+        vision_ = gemma4_vision::open(dir, lin_);
+        if (vision_) {
+            image_cfg_ = gemma4_image_config::load(dir);
+            if (cfg_.image_id < 0 || cfg_.boi_id < 0 || cfg_.eoi_id < 0)
+                throw std::runtime_error((dir / "config.json").string() +
+                                         ": a vision_config needs image_token_id, boi_token_id and eoi_token_id");
+            if (vision_->config().text_hidden != cfg_.hidden)
+                throw std::runtime_error((dir / "config.json").string() + ": vision embedder output " +
+                                         std::to_string(vision_->config().text_hidden) + " != text hidden_size " +
+                                         std::to_string(cfg_.hidden));
+            if (image_cfg_.patch_size != vision_->config().patch_size ||
+                image_cfg_.pooling_kernel_size != vision_->config().pooling_kernel)
+                throw std::runtime_error((dir / "preprocessor_config.json").string() +
+                                         ": patch_size / pooling_kernel_size differ from config.json's vision_config");
+            // An image's tokens attend to each other on sliding layers: they go through the
+            // layers as one chunk, so chunks (and the sliding rings) must hold a whole image.
+            if (cfg_.bidirectional_vision) max_chunk_ = std::max(max_chunk_, image_cfg_.max_soft_tokens);
+        }
         load_weights();
         make_caches();
         make_workspace();
@@ -451,6 +507,45 @@ public:
         for (auto& c : caches_)
             if (c) c->clear();
         pos_ = 0;
+        images_.clear();
+    }
+
+    bool has_vision() const override { return vision_ != nullptr; }
+    std::int32_t image_token_id() const override { return vision_ ? cfg_.image_id : -1; }
+    std::size_t pending_image_tokens() const override {
+        std::size_t n = 0;
+        for (const auto& im : images_) n += im.tokens;
+        return n;
+    }
+
+    /// Gemma4Processor: the image becomes <boi>, soft_tokens × <image>, <eoi>; the encoder's
+    /// output through embed_vision waits for those image tokens (Gemma4Model.forward).
+    std::vector<std::int32_t> queue_image(const rgb_image& image) override {
+        if (!vision_) throw std::runtime_error(description() + ": this model has no vision tower");
+        return queue_pixels(gemma4_preprocess(image, image_cfg_));
+    }
+
+    std::vector<std::int32_t> queue_pixels(const gemma4_pixels& px) override {
+        if (!vision_) throw std::runtime_error(description() + ": this model has no vision tower");
+        return queue_embeddings(vision_->embed(vision_->soft_tokens(px)));
+    }
+
+    std::vector<std::int32_t> queue_embeddings(std::vector<float> emb) override {
+        if (!vision_) throw std::runtime_error(description() + ": this model has no vision tower");
+        const std::size_t tokens = emb.size() / cfg_.hidden;
+        if (tokens == 0 || emb.size() != tokens * cfg_.hidden)
+            throw std::invalid_argument("gemma4: " + std::to_string(emb.size()) +
+                                        " image embedding values are not a positive multiple of hidden " +
+                                        std::to_string(cfg_.hidden));
+        if (cfg_.bidirectional_vision && tokens > max_chunk_)
+            throw std::invalid_argument("gemma4: an image of " + std::to_string(tokens) +
+                                        " soft tokens exceeds the processor's max_soft_tokens " +
+                                        std::to_string(max_chunk_));
+        images_.push_back({std::move(emb), tokens});
+        std::vector<std::int32_t> ids{cfg_.boi_id};
+        ids.insert(ids.end(), tokens, cfg_.image_id);
+        ids.push_back(cfg_.eoi_id);
+        return ids;
     }
 
     void truncate(std::size_t n) override {
@@ -482,15 +577,48 @@ public:
         if (n > max_context_ - pos_)
             throw std::invalid_argument("gemma4: " + std::to_string(pos_) + " + " + std::to_string(n) +
                                         " tokens exceed the context of " + std::to_string(max_context_));
+        // Image tokens: each run of them takes the next queued image, whose soft-token count
+        // it must match (Gemma4Model.forward's masked_scatter; get_block_sequence_ids_for_mask
+        // makes each run one bidirectional block).
+        std::vector<const float*> rows(n, nullptr);
+        std::vector<std::pair<std::size_t, std::size_t>> runs;
+        std::size_t used = 0;
+        for (std::size_t i = 0; vision_ && i < n;) {
+            if (ids[i] != cfg_.image_id) {
+                ++i;
+                continue;
+            }
+            std::size_t j = i;
+            while (j < n && ids[j] == cfg_.image_id) ++j;
+            if (used == images_.size())
+                throw std::invalid_argument("gemma4: image tokens at " + std::to_string(i) + ".." + std::to_string(j - 1) +
+                                            " but no image is queued for them (queue_image)");
+            const queued_image& im = images_[used++];
+            if (j - i != im.tokens)
+                throw std::invalid_argument("gemma4: a run of " + std::to_string(j - i) + " image tokens at " +
+                                            std::to_string(i) + ", but the queued image has " +
+                                            std::to_string(im.tokens) + " soft tokens");
+            for (std::size_t t = i; t < j; ++t) rows[t] = im.embeddings.data() + (t - i) * cfg_.hidden;
+            runs.emplace_back(i, j);
+            i = j;
+        }
         const std::size_t start = pos_;
         try {
-            for (std::size_t t0 = 0; t0 < n; t0 += opt_.prefill_chunk) {
-                const std::size_t m = std::min(opt_.prefill_chunk, n - t0);
+            for (std::size_t t0 = 0; t0 < n;) {
+                std::size_t m = std::min(opt_.prefill_chunk, n - t0);
+                blocks_.clear();
+                if (cfg_.bidirectional_vision)
+                    for (const auto& [a, b] : runs) {
+                        if (a < t0 + m && b > t0 + m) m = a > t0 ? a - t0 : b - t0;  // never split an image
+                        if (a >= t0 && b <= t0 + m) blocks_.emplace_back(a - t0, b - t0);
+                    }
                 const bool last = t0 + m == n;
                 float* out = all_positions ? logits.data() + t0 * V : (last ? logits.data() : nullptr);
-                run_chunk(ids.subspan(t0, m), out, all_positions);
+                run_chunk(ids.subspan(t0, m), rows.data() + t0, out, all_positions);
                 pos_ += m;
+                t0 += m;
             }
+            images_.erase(images_.begin(), images_.begin() + static_cast<std::ptrdiff_t>(used));
         } catch (...) {
             // Leave the cache as before the call if the rings still allow it, else empty.
             pos_ = start;
@@ -503,7 +631,7 @@ public:
         }
     }
 
-    std::size_t weight_bytes() const override { return weight_bytes_; }
+    std::size_t weight_bytes() const override { return weight_bytes_ + (vision_ ? vision_->weight_bytes() : 0); }
 
     std::size_t cache_bytes() const override {
         std::size_t b = 0;
@@ -521,6 +649,7 @@ public:
         if (cfg_.ple_dim) s << ", PLE " << cfg_.ple_dim;
         if (cfg_.moe) s << ", MoE " << cfg_.experts << " experts top-" << cfg_.top_k;
         s << ", weights " << weight_formats() << ", KV " << caches_.front()->name();
+        if (vision_) s << "; " << vision_->description();
         return s.str();
     }
 
@@ -655,7 +784,7 @@ private:
             if (s.sliding) {
                 // A prefill chunk of m queries needs window + m - 1 slots (kv_cache.hpp).
                 kc.sliding_window = cfg_.sliding_window;
-                kc.capacity = cfg_.sliding_window + opt_.prefill_chunk - 1;
+                kc.capacity = cfg_.sliding_window + max_chunk_ - 1;
             }
             try {
                 caches_[i] = make_kv_store(opt_.kv_bits, kc);
@@ -668,7 +797,7 @@ private:
     }
 
     void make_workspace() {
-        const std::size_t C = opt_.prefill_chunk, H = cfg_.hidden;
+        const std::size_t C = max_chunk_, H = cfg_.hidden;
         std::size_t qd = 0, kvd = 0, inter = 0;
         for (const auto& s : cfg_.layer) {
             qd = std::max(qd, cfg_.heads * s.head_dim);
@@ -729,13 +858,24 @@ private:
 
     /// One chunk of n tokens at positions pos_ … pos_ + n - 1; writes logits of every token
     /// (all) or of the last one to out (when out is not null).
-    void run_chunk(std::span<const std::int32_t> ids, float* out, bool all) {
+    void run_chunk(std::span<const std::int32_t> ids, const float* const* image_rows, float* out, bool all) {
         const std::size_t n = ids.size(), H = cfg_.hidden, L = cfg_.layers, P = cfg_.ple_dim;
 
-        // Scaled word embeddings (Gemma4TextScaledWordEmbedding): E[id] · √hidden.
+        // Scaled word embeddings (Gemma4TextScaledWordEmbedding): E[id] · √hidden. Multimodal
+        // tokens look up the pad token (Gemma4Model.forward), and image tokens then take their
+        // image's embeddings as they are.
         const float embed_scale = static_cast<float>(std::sqrt(static_cast<double>(H)));
+        const auto token = [&](std::size_t t) {
+            const std::int32_t id = ids[t];
+            const bool mm = cfg_.image_id >= 0 && (id == cfg_.image_id || id == cfg_.video_id || id == cfg_.audio_id);
+            return static_cast<std::size_t>(mm ? cfg_.pad_id : id);
+        };
         for (std::size_t t = 0; t < n; ++t) {
-            embed_.row(static_cast<std::size_t>(ids[t]), h_.data() + t * H);
+            if (image_rows[t]) {
+                std::copy_n(image_rows[t], H, h_.data() + t * H);
+                continue;
+            }
+            embed_.row(token(t), h_.data() + t * H);
             for (std::size_t i = 0; i < H; ++i) h_[t * H + i] *= embed_scale;
         }
 
@@ -749,7 +889,7 @@ private:
                 float* pr = ple_.data() + t * L * P;
                 for (std::size_t i = 0; i < L * P; ++i) pr[i] *= proj_scale;
                 rms_norm(pr, L, P, ple_proj_norm_.data(), cfg_.eps);
-                ple_embed_.row(static_cast<std::size_t>(ids[t]), ple_tok_.data());
+                ple_embed_.row(token(t), ple_tok_.data());
                 for (std::size_t i = 0; i < L * P; ++i) pr[i] = (pr[i] + ple_tok_[i] * tok_scale) * mix;
             }
         }
@@ -798,6 +938,10 @@ private:
         caches_[s.kv_source]->attention(std::span<const float>(q_.data(), n * nq * d), nq, n,
                                         std::span<float>(att_.data(), n * nq * d),
                                         attention_params{.scale = 1.0f, .softcap = std::nullopt, .threads = opt_.threads});
+        // Sliding layers with use_bidirectional_attention "vision": an image's tokens also see
+        // the later tokens of their image (create_masks_for_vision_model); full layers stay causal.
+        if (s.sliding)
+            for (const auto& [b0, b1] : blocks_) block_attention(s, *caches_[s.kv_source], b0, b1);
         w.o.forward(att_.data(), n, x_.data(), lin_);
         rms_norm(x_.data(), n, H, w.post_attn_norm.data(), cfg_.eps);
         for (std::size_t i = 0; i < n * H; ++i) h_[i] += x_[i];
@@ -829,6 +973,49 @@ private:
         }
 
         for (std::size_t i = 0; i < n * H; ++i) h_[i] *= w.scalar;
+    }
+
+    /// Attention outputs of the chunk's queries b0 … b1 − 1 (one image) on a sliding layer:
+    /// keys at positions q − window < p < pos_ + b1 (AND(sliding window, OR(causal, block))),
+    /// read back from the cache, where the whole image was just appended.
+    void block_attention(const layer_spec& s, const kv_store& cache, std::size_t b0, std::size_t b1) {
+        const std::size_t d = s.head_dim, nq = cfg_.heads, nkv = s.n_kv, group = nq / nkv, W = cfg_.sliding_window;
+        const std::size_t first = pos_ + b0 + 1 > W ? pos_ + b0 + 1 - W : 0, last = pos_ + b1;
+        const std::size_t nk = last - first;
+        block_k_.resize(nk * nkv * d);
+        block_v_.resize(nk * nkv * d);
+        for (std::size_t p = first; p < last; ++p)
+            for (std::size_t h = 0; h < nkv; ++h) {
+                const std::size_t at = ((p - first) * nkv + h) * d;
+                cache.read(p, h, std::span<float>(block_k_.data() + at, d), std::span<float>(block_v_.data() + at, d));
+            }
+        const std::size_t items = (b1 - b0) * nq;
+        detail::parallel_for(items, detail::thread_count(opt_.threads, items, 64), [&](std::size_t i0, std::size_t i1) {
+            std::vector<float> score(nk);
+            for (std::size_t it = i0; it < i1; ++it) {
+                const std::size_t t = b0 + it / nq, hq = it % nq, hk = hq / group;
+                const std::size_t abs = pos_ + t, lo = (abs + 1 > W ? abs + 1 - W : 0) - first;
+                const float* q = q_.data() + (t * nq + hq) * d;
+                float mx = -INFINITY;
+                for (std::size_t j = lo; j < nk; ++j) {
+                    const float* k = block_k_.data() + (j * nkv + hk) * d;
+                    float dot = 0;
+                    for (std::size_t i = 0; i < d; ++i) dot += q[i] * k[i];
+                    score[j] = dot;
+                    mx = std::max(mx, dot);
+                }
+                double sum = 0;
+                for (std::size_t j = lo; j < nk; ++j) sum += (score[j] = std::exp(score[j] - mx));
+                const float inv = static_cast<float>(1.0 / sum);
+                float* o = att_.data() + (t * nq + hq) * d;
+                std::fill_n(o, d, 0.0f);
+                for (std::size_t j = lo; j < nk; ++j) {
+                    const float pj = score[j] * inv;
+                    const float* v = block_v_.data() + (j * nkv + hk) * d;
+                    for (std::size_t i = 0; i < d; ++i) o[i] += pj * v[i];
+                }
+            }
+        });
     }
 
     /// down(act(gate x) · up x) for n tokens of x into out.
@@ -895,13 +1082,24 @@ private:
         std::size_t expert = 0;
         float weight = 0.0f;
     };
+    struct queued_image {
+        std::vector<float> embeddings;  // [tokens][hidden]
+        std::size_t tokens = 0;
+    };
 
     io::checkpoint ck_;
     gemma4_config cfg_;
     model_options opt_;
     linear_options lin_{};
     std::size_t max_context_ = 0, pos_ = 0, weight_bytes_ = 0;
+    std::size_t max_chunk_ = 0;  // largest chunk: prefill_chunk, or a whole image (bidirectional)
     std::set<std::string> formats_{};
+
+    std::unique_ptr<gemma4_vision> vision_{};
+    gemma4_image_config image_cfg_{};
+    std::deque<queued_image> images_{};
+    std::vector<std::pair<std::size_t, std::size_t>> blocks_{};  // the chunk's images (bidirectional)
+    std::vector<float> block_k_{}, block_v_{};
 
     linear embed_{}, lm_head_{}, ple_embed_{}, ple_model_proj_{};
     std::vector<float> final_norm_{}, ple_proj_norm_{};
@@ -936,7 +1134,7 @@ std::unique_ptr<causal_lm> load_gemma4(const std::filesystem::path& dir, const m
     if (!root.is_object()) throw std::runtime_error(file.string() + ": not a JSON object");
     gemma4_config cfg = parse_config(root, file);
     io::checkpoint ck = io::checkpoint::open(dir);
-    return std::make_unique<gemma4_model>(std::move(ck), std::move(cfg), options);
+    return std::make_unique<gemma4_model>(std::move(ck), std::move(cfg), options, dir);
 }
 
 }  // namespace hlwq::rt
