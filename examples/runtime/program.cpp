@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "program.hpp"
 
+#include "image.hpp"
 #include "jinja.hpp"
 #include "sampler.hpp"
 #include "session.hpp"
@@ -22,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace hlwq::rt {
@@ -44,6 +46,7 @@ struct program_options {
     std::string model_dir{};
     std::optional<std::string> prompt{};
     std::string system{};
+    std::vector<std::string> images{};  // --image, in order
     std::size_t max_new_tokens = 512;
     bool raw = false;
     model_options model{};
@@ -109,6 +112,8 @@ program_options parse_args(std::span<const std::string> args) {
             o.prompt = std::string(value());
         } else if (a == "--system") {
             o.system = value();
+        } else if (a == "--image") {
+            o.images.emplace_back(value());
         } else if (a == "--max-new-tokens" || a == "-n") {
             o.max_new_tokens = parse_number<std::size_t>(a, value());
         } else if (a == "--kv-bits") {
@@ -175,6 +180,8 @@ program_options parse_args(std::span<const std::string> args) {
     if (o.max_windows && !o.perplexity) throw usage_error("--max-windows needs --perplexity");
     if (o.first_window && !o.perplexity) throw usage_error("--first-window needs --perplexity");
     if (o.raw && !o.system.empty()) throw usage_error("--system needs the chat template (not --raw)");
+    if (!o.images.empty() && o.perplexity) throw usage_error("--image is for chat and --ids, not for --perplexity");
+    if (!o.images.empty() && o.raw) throw usage_error("--image needs the chat template (not --raw)");
     return o;
 }
 
@@ -201,13 +208,21 @@ std::int32_t argmax(std::span<const float> row) {
     return static_cast<std::int32_t>(best);
 }
 
-int run_ids(const program_options& o, causal_lm& model, std::ostream& out, std::ostream& err) {
+/// Empties the model and queues the --image images: the ids already hold their expanded
+/// image tokens, which the images fill in order.
+void queue_images(causal_lm& model, const std::vector<rgb_image>& images) {
+    model.reset();
+    for (const rgb_image& im : images) (void)model.queue_image(im);
+}
+
+int run_ids(const program_options& o, causal_lm& model, const std::vector<rgb_image>& images, std::ostream& out,
+            std::ostream& err) {
     const auto& ids = *o.ids;
     check_ids(ids, model);
     const std::size_t vocab = model.vocab_size();
     if (o.logits_out) {
         std::vector<float> logits(ids.size() * vocab);
-        model.reset();
+        queue_images(model, images);
         const auto t0 = clock_type::now();
         model.forward(ids, logits, true);
         const double sec = seconds_since(t0);
@@ -219,7 +234,7 @@ int run_ids(const program_options& o, causal_lm& model, std::ostream& out, std::
     }
     if (o.greedy) {
         std::vector<float> logits(vocab);
-        model.reset();
+        queue_images(model, images);
         model.forward(ids, logits, false);
         std::string line;
         for (std::size_t k = 0; k < *o.greedy; ++k) {
@@ -345,12 +360,12 @@ int run_perplexity(const program_options& o, causal_lm& model, const tokenizer& 
 // --- chat ------------------------------------------------------------------------------
 
 constexpr const char* chat_commands =
-    "commands: /reset forget the conversation, /help this text, /exit (or end of input) quit;\n"
-    "a line ending with '\\' continues on the next line\n";
+    "commands: /image PATH attach an image to the next message, /reset forget the conversation,\n"
+    "/help this text, /exit (or end of input) quit; a line ending with '\\' continues on the next line\n";
 
 int run_chat(const program_options& o, const char* name, causal_lm& model, const tokenizer& tok,
-             std::optional<chat_template> tmpl, const special_token_ids& sp, std::istream& in, std::ostream& out,
-             std::ostream& err) {
+             std::optional<chat_template> tmpl, const special_token_ids& sp, std::vector<rgb_image> images,
+             std::istream& in, std::ostream& out, std::ostream& err) {
     session_options so;
     so.sampling = o.sampling;
     if (so.sampling.temperature > 0.0f) {
@@ -364,7 +379,7 @@ int run_chat(const program_options& o, const char* name, causal_lm& model, const
     const auto stream = [&](std::string_view piece) { out << piece << std::flush; };
 
     if (o.prompt) {
-        session.send(*o.prompt, stream);
+        session.send(*o.prompt, stream, images);
         out << '\n' << std::flush;
         err << format_stats(session.totals());
         return 0;
@@ -390,7 +405,21 @@ int run_chat(const program_options& o, const char* name, causal_lm& model, const
         }
         if (input == "/reset") {
             session.reset();
+            images.clear();
             err << "(conversation cleared)\n";
+            continue;
+        }
+        if (input == "/image" || input.rfind("/image ", 0) == 0) {
+            const std::string path(strip(std::string_view(input).substr(6)));
+            try {
+                if (path.empty()) throw std::runtime_error("/image needs a file: /image PATH");
+                if (!model.has_vision()) throw std::runtime_error("the model does not read images (no vision tower)");
+                images.push_back(load_image(path));
+                err << "(image " << path << ", " << images.back().width << "x" << images.back().height
+                    << ", goes with the next message)\n";
+            } catch (const std::exception& e) {
+                err << "error: " << e.what() << '\n';
+            }
             continue;
         }
         if (input.size() > 1 && input[0] == '/' && input.find_first_of(" \n") == std::string::npos) {
@@ -399,7 +428,7 @@ int run_chat(const program_options& o, const char* name, causal_lm& model, const
         }
         if (strip(input).empty()) continue;
         try {
-            const generation_stats st = session.send(input, stream);
+            const generation_stats st = session.send(input, stream, std::exchange(images, {}));
             out << '\n' << std::flush;
             if (st.stop == stop_reason::context_full) err << "(the context is full; /reset to start over)\n";
         } catch (const std::exception& e) {
@@ -431,6 +460,8 @@ int run(const program_options& o, const char* name, model_loader load, std::istr
         if (chat && !o.raw) tmpl = chat_template::from_model_dir(dir);
     }
     const special_token_ids sp = read_special_token_ids(dir, tok ? &*tok : nullptr, tmpl ? &*tmpl : nullptr);
+    std::vector<rgb_image> images;
+    for (const std::string& path : o.images) images.push_back(load_image(path));
 
     model_options mo = o.model;
     if (o.perplexity)
@@ -447,11 +478,13 @@ int run(const program_options& o, const char* name, model_loader load, std::istr
                       model->max_context());
         err << name << ": " << model->description() << '\n' << name << ": " << line;
     }
-    if (o.ids) return run_ids(o, *model, out, err);
+    if (!images.empty() && !model->has_vision())
+        throw std::runtime_error(o.model_dir + ": the model has no vision tower (--image needs a vision-language model)");
+    if (o.ids) return run_ids(o, *model, images, out, err);
     if (o.perplexity) return run_perplexity(o, *model, *tok, sp, out, err);
     if (sp.stop.empty())
         err << name << ": warning: no EOS or end-of-turn token known; answers stop at --max-new-tokens\n";
-    return run_chat(o, name, *model, *tok, std::move(tmpl), sp, in, out, err);
+    return run_chat(o, name, *model, *tok, std::move(tmpl), sp, std::move(images), in, out, err);
 }
 
 }  // namespace
@@ -470,6 +503,12 @@ std::string chat_program_usage(const char* name) {
         "  -m, --model DIR          the model folder (required)\n"
         "  -p, --prompt TEXT        answer TEXT once and exit (no interaction)\n"
         "      --system TEXT        a system message first in the conversation\n"
+        "      --image PATH         an image (PNG, JPEG, BMP, GIF) for the first message (--prompt or\n"
+        "                           the first chat line), repeatable; in the chat, /image PATH attaches\n"
+        "                           one to the next message. Needs a model with a vision tower. Each\n"
+        "                           image becomes the chat template's image entry, expanded to the\n"
+        "                           image's soft tokens. With --ids, the ids already hold the expanded\n"
+        "                           image tokens and the images fill them, in order\n"
         "      --raw                no chat template: the text is tokenized as it is (with the\n"
         "                           tokenizer's <bos>) and continued; turns append to one document\n"
         "  -n, --max-new-tokens N   tokens per answer at most (default 512; 0 = until the end-of-turn\n"

@@ -182,32 +182,87 @@ nlohmann::ordered_json chat_session::messages() const {
     return msgs;
 }
 
-std::vector<std::int32_t> chat_session::render(const nlohmann::ordered_json& turns, const std::string& document) const {
+std::vector<std::int32_t> chat_session::render(const nlohmann::ordered_json& turns, const std::string& document,
+                                               const std::vector<std::vector<std::int32_t>>& expansions,
+                                               std::vector<std::pair<std::size_t, std::size_t>>& spans) const {
+    spans.clear();
     if (options_.raw) return tok_->encode(document, true);
     nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
     if (!options_.system.empty()) msgs.push_back({{"role", "system"}, {"content", options_.system}});
     for (const auto& m : turns) msgs.push_back(m);
-    return tok_->encode(template_->apply(msgs, options_.template_options), false);
+    const std::vector<std::int32_t> ids = tok_->encode(template_->apply(msgs, options_.template_options), false);
+    const std::int32_t image = model_->image_token_id();
+    if (image < 0) return ids;
+    // The processor's expansion: each image token of the text becomes its image's tokens.
+    std::vector<std::int32_t> out;
+    out.reserve(ids.size());
+    for (const std::int32_t id : ids) {
+        if (id != image) {
+            out.push_back(id);
+            continue;
+        }
+        if (spans.size() == expansions.size())
+            throw std::runtime_error("the prompt holds more image tokens than the " + std::to_string(expansions.size()) +
+                                     " image(s) of the conversation");
+        const auto& e = expansions[spans.size()];
+        spans.emplace_back(out.size(), out.size() + e.size());
+        out.insert(out.end(), e.begin(), e.end());
+    }
+    if (spans.size() != expansions.size())
+        throw std::runtime_error("the chat template wrote " + std::to_string(spans.size()) + " image token(s) for " +
+                                 std::to_string(expansions.size()) +
+                                 " image(s) (does it render {\"type\": \"image\"} content entries?)");
+    return out;
 }
 
 void chat_session::reset() {
     turns_ = nlohmann::ordered_json::array();
     document_.clear();
     cache_.clear();
+    images_.clear();
+    expansions_.clear();
     model_->reset();
 }
 
-generation_stats chat_session::send(std::string_view user_text, const text_callback& on_text) {
+generation_stats chat_session::send(std::string_view user_text, const text_callback& on_text,
+                                    std::span<const rgb_image> images) {
     generation_stats st;
     nlohmann::ordered_json turns = turns_;
     std::string document = document_;
-    if (options_.raw)
+    if (!images.empty() && options_.raw) throw std::invalid_argument("images need the chat template (not raw mode)");
+    if (!images.empty() && !model_->has_vision())
+        throw std::runtime_error(model_->description() + ": the model does not read images (no vision tower)");
+    if (options_.raw) {
         document.append(user_text);
-    else
+    } else if (images.empty()) {
         turns.push_back({{"role", "user"}, {"content", std::string(user_text)}});
+    } else {
+        nlohmann::ordered_json content = nlohmann::ordered_json::array();
+        for (std::size_t i = 0; i < images.size(); ++i) content.push_back({{"type", "image"}});
+        content.push_back({{"type", "text"}, {"text", std::string(user_text)}});
+        turns.push_back({{"role", "user"}, {"content", std::move(content)}});
+    }
 
-    const std::vector<std::int32_t> ids = render(turns, document);
-    if (ids.empty()) throw std::runtime_error("the prompt is empty (no tokens)");
+    // New images are encoded and queued in the model now (their token counts shape the
+    // prompt); any failure before they are fed empties the model, queue included.
+    std::vector<rgb_image> all_images = images_;
+    std::vector<std::vector<std::int32_t>> expansions = expansions_;
+    std::vector<std::pair<std::size_t, std::size_t>> spans;
+    std::vector<std::int32_t> ids;
+    try {
+        for (const rgb_image& im : images) {
+            expansions.push_back(model_->queue_image(im));
+            all_images.push_back(im);
+        }
+        ids = render(turns, document, expansions, spans);
+        if (ids.empty()) throw std::runtime_error("the prompt is empty (no tokens)");
+    } catch (...) {
+        if (!images.empty()) {
+            cache_.clear();
+            model_->reset();
+        }
+        throw;
+    }
     const std::size_t max_context = model_->max_context();
     if (ids.size() > max_context)
         throw std::runtime_error("the conversation is " + std::to_string(ids.size()) +
@@ -220,6 +275,14 @@ generation_stats chat_session::send(std::string_view user_text, const text_callb
     std::size_t keep = 0;
     while (keep < cache_.size() && keep < ids.size() && cache_[keep] == ids[keep]) ++keep;
     keep = std::min(keep, ids.size() - 1);
+    // Images are fed whole: never keep part of one. An earlier image that must be fed again
+    // has to be queued before the new ones: then everything starts over (rare: the template
+    // re-rendered an earlier turn differently).
+    bool start_over = false;
+    for (std::size_t i = 0; i < spans.size(); ++i) {
+        if (spans[i].first < keep && keep < spans[i].second) keep = spans[i].first;
+        if (i < images_.size() && spans[i].second > keep) start_over = true;
+    }
 
     const std::size_t vocab = model_->vocab_size();
     const std::size_t drawable = std::min(vocab, tok_->vocab_size());  // ids the tokenizer can decode
@@ -227,14 +290,19 @@ generation_stats chat_session::send(std::string_view user_text, const text_callb
     std::vector<std::int32_t> generated;
     std::string answer;
     try {
-        if (keep < cache_.size()) {
+        if (!start_over && keep < cache_.size()) {
             try {
                 model_->truncate(keep);
             } catch (const std::exception&) {
-                model_->reset();  // e.g. a sliding window already past `keep`: start over
-                keep = 0;
+                start_over = true;  // e.g. a sliding window already past `keep`
             }
             cache_.resize(keep);
+        }
+        if (start_over) {
+            model_->reset();  // also drops the queued images: queue every image again, in order
+            keep = 0;
+            cache_.clear();
+            for (const rgb_image& im : all_images) (void)model_->queue_image(im);
         }
         st.reused_tokens = keep;
         st.prefill_tokens = ids.size() - keep;
@@ -290,6 +358,8 @@ generation_stats chat_session::send(std::string_view user_text, const text_callb
         turns.push_back({{"role", "assistant"}, {"content", answer}});
     turns_ = std::move(turns);
     document_ = std::move(document);
+    images_ = std::move(all_images);
+    expansions_ = std::move(expansions);
     totals_ += st;
     return st;
 }

@@ -5,6 +5,7 @@
 /// measures prefill/decode speed.
 #pragma once
 
+#include "image.hpp"
 #include "jinja.hpp"
 #include "model.hpp"
 #include "sampler.hpp"
@@ -107,7 +108,14 @@ public:
     /// empty). Returns the turn's counters. On an error (template error, prompt longer than the
     /// context, model error) the conversation is left as it was before the call and the
     /// exception propagates.
-    generation_stats send(std::string_view user_text, const text_callback& on_text = {});
+    ///
+    /// `images` go with the message: its content becomes [{"type": "image"} per image,
+    /// {"type": "text", "text": user_text}], and each image token the template writes is
+    /// replaced by the tokens of the next image of the conversation (causal_lm::queue_image).
+    /// @throws std::invalid_argument for images in raw mode; std::runtime_error for images
+    ///   and a model without vision, or a template that writes another number of image tokens.
+    generation_stats send(std::string_view user_text, const text_callback& on_text = {},
+                          std::span<const rgb_image> images = {});
 
     /// Forget the conversation and empty the KV cache (the system message stays).
     void reset();
@@ -129,7 +137,11 @@ public:
     const session_options& options() const noexcept { return options_; }
 
 private:
-    std::vector<std::int32_t> render(const nlohmann::ordered_json& turns, const std::string& document) const;
+    /// The prompt's tokens; image tokens expanded to `expansions` (one per image, in order),
+    /// whose [start, end) in the result go to `spans`.
+    std::vector<std::int32_t> render(const nlohmann::ordered_json& turns, const std::string& document,
+                                     const std::vector<std::vector<std::int32_t>>& expansions,
+                                     std::vector<std::pair<std::size_t, std::size_t>>& spans) const;
     bool is_stop(std::int32_t id) const noexcept;
 
     causal_lm* model_ = nullptr;
@@ -141,6 +153,8 @@ private:
     nlohmann::ordered_json turns_ = nlohmann::ordered_json::array();  // user/assistant messages
     std::string document_{};             // raw mode
     std::vector<std::int32_t> cache_{};  // tokens in the model's cache
+    std::vector<rgb_image> images_{};    // the conversation's images, in order
+    std::vector<std::vector<std::int32_t>> expansions_{};  // their prompt tokens
     std::vector<float> logits_{};
     generation_stats totals_{};
 };

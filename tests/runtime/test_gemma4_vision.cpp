@@ -7,6 +7,7 @@
 #include "gemma4_image.hpp"
 #include "gemma4_vision.hpp"
 #include "image.hpp"
+#include "program.hpp"
 
 #include <hlwq/io/safetensors.hpp>
 
@@ -19,6 +20,7 @@
 #include <fstream>
 #include <memory>
 #include <span>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <unistd.h>
@@ -314,4 +316,63 @@ TEST_CASE("image tokens: clear errors, queue semantics, text-only models") {
     CHECK(m->pending_image_tokens() == 0);
     // A 2 x 1 image is upscaled to 528 x 240 (as transformers): 55 soft tokens.
     CHECK(m->queue_image(rgb_image{2, 1, std::vector<std::uint8_t>(6, 100)}).size() == 57);
+}
+
+TEST_CASE("gemma4_chat --ids ... --image: the image fills the expanded tokens (logits, greedy); errors") {
+    const auto ids = reference_ids();
+    std::string list;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (i) list += ',';
+        list += std::to_string(ids[i]);
+    }
+    const std::string png = (dir / "image.png").string();
+    const fs::path tmp = fs::temp_directory_path() / ("hlwq_g4chat_" + std::to_string(::getpid()));
+    fs::create_directories(tmp);
+    const auto run = [](std::vector<std::string> args, std::string& out, std::string& err) {
+        std::istringstream in;
+        std::ostringstream o, e;
+        const int rc = run_chat_program(args, "gemma4_chat", load_gemma4, in, o, e);
+        out = o.str();
+        err = e.str();
+        return rc;
+    };
+    std::string out, err;
+    const std::vector<std::string> common{"--model", dir.string(), "--ids", list, "--image", png,
+                                          "--kv-bits", "32", "--threads", "2", "--exact"};
+
+    // --logits-out: the same floats as the library path (load_image, queue_image, forward).
+    auto args = common;
+    args.insert(args.end(), {"--logits-out", (tmp / "logits.safetensors").string()});
+    REQUIRE(run(args, out, err) == 0);
+    const auto f = hlwq::io::safetensors_file::open(tmp / "logits.safetensors");
+    std::vector<float> got(f.view("logits").numel());
+    f.view("logits").copy_to(std::span<float>(got));
+    auto m = open_model(32, 64);
+    const auto want = image_logits(*m, [&](gemma4_lm& g) { return g.queue_image(load_image(png)); });
+    CHECK(max_diff(got, want) == 0.0);
+    MESSAGE("gemma4_chat --ids --image --logits-out vs transformers: max|d| / max|ref| = " << rel_max(got, floats("logits")));
+
+    // --greedy: transformers' generate() tokens.
+    args = common;
+    args.insert(args.end(), {"--greedy", "12"});
+    REQUIRE(run(args, out, err) == 0);
+    std::string greedy;
+    for (const auto g : ints("greedy_ids")) {
+        if (!greedy.empty()) greedy += ',';
+        greedy += std::to_string(g);
+    }
+    CHECK(out == greedy + "\n");
+
+    // Errors: usage (2), a missing image, a text-only model, image tokens without --image (1).
+    CHECK(run({"--model", dir.string(), "--perplexity", png, "--image", png}, out, err) == 2);
+    CHECK(err.find("--image is for chat and --ids") != std::string::npos);
+    CHECK(run({"--model", dir.string(), "--raw", "--prompt", "x", "--image", png}, out, err) == 2);
+    CHECK(run({"--model", dir.string(), "--ids", "2,5", "--greedy", "1", "--image", (tmp / "nope.png").string()}, out, err) == 1);
+    CHECK(err.find("nope.png: no such file") != std::string::npos);
+    CHECK(run({"--model", (fs::path(HLWQ_GEMMA4_FIXTURES_TEXT) / "dense").string(), "--ids", "2,5", "--greedy", "1",
+               "--image", png}, out, err) == 1);
+    CHECK(err.find("has no vision tower") != std::string::npos);
+    CHECK(run({"--model", dir.string(), "--ids", list, "--greedy", "1"}, out, err) == 1);
+    CHECK(err.find("no image is queued") != std::string::npos);
+    fs::remove_all(tmp);
 }
