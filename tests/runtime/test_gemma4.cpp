@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <span>
 #include <sstream>
@@ -142,14 +143,19 @@ struct temp_dir {
 };
 
 #ifdef HLWQ_QUANTIZE_EXE
-/// Runs hlwq-quantize IN OUT --bits N; returns OUT.
-fs::path quantize(const fs::path& in, const fs::path& out, int bits) {
+/// Runs hlwq-quantize IN OUT <args>; returns OUT.
+fs::path quantize(const fs::path& in, const fs::path& out, const std::string& args) {
     const std::string cmd = std::string("\"") + HLWQ_QUANTIZE_EXE + "\" \"" + in.string() + "\" \"" + out.string() +
-                            "\" --bits " + std::to_string(bits) + " --threads 2 --force > \"" + out.string() +
-                            ".log\" 2>&1";
+                            "\" " + args + " --threads 2 --force > \"" + out.string() + ".log\" 2>&1";
     REQUIRE_MESSAGE(std::system(cmd.c_str()) == 0, "hlwq-quantize failed: " << cmd);
     return out;
 }
+
+/// Runs hlwq-quantize IN OUT --bits N; returns OUT.
+fs::path quantize(const fs::path& in, const fs::path& out, int bits) {
+    return quantize(in, out, "--bits " + std::to_string(bits));
+}
+#endif
 
 /// Writes the HLWQ folder `in` as an original folder `out` whose quantized parameters are
 /// their dequantized fp32 values: the dense model that the quantized one must compute.
@@ -180,7 +186,40 @@ void write_dequantized(const fs::path& in, const fs::path& out) {
     config.erase("quantization_config");
     std::ofstream(out / "config.json") << config.dump(1);
 }
-#endif
+
+/// Writes the original folder `in` as an HLWQ folder `out` in which only the 2-D tensors whose
+/// name contains `what` are quantized, at `bits` with blocks of `block` columns (the per-layer
+/// embeddings of ple_kv_shared are 48 columns wide, below the 128 of hlwq-quantize). Returns `out`.
+fs::path quantize_only(const fs::path& in, const fs::path& out, const std::string& what, int bits, std::size_t block) {
+    const auto ck = hlwq::io::checkpoint::open(in);
+    fs::create_directories(out);
+    hlwq::io::quantization_config qc;
+    qc.bits = bits;
+    qc.block_size = block;
+    std::vector<hlwq::io::tensor_spec> specs;
+    std::vector<std::pair<std::string, hlwq::quantized_matrix>> quantized;
+    for (const auto& n : ck.names()) {
+        const auto shape = ck.shape(n);
+        if (n.find(what) == std::string::npos || shape.size() != 2) {
+            specs.push_back({n, ck.dense(n).type, shape});
+            continue;
+        }
+        std::vector<float> w(ck.dense(n).numel());
+        ck.dense(n).copy_to(std::span<float>(w));
+        quantized.emplace_back(n, hlwq::quantize(w, static_cast<std::size_t>(shape[0]), static_cast<std::size_t>(shape[1]),
+                                                 bits, {.block = block}));
+        for (auto& sp : hlwq::io::quantized_tensor_specs(n, shape, bits, block)) specs.push_back(std::move(sp));
+        qc.tensors[n] = {shape, bits, ""};
+    }
+    REQUIRE_MESSAGE(!quantized.empty(), in << " has no 2-D tensor named *" << what << "*");
+    hlwq::io::safetensors_writer w(out / "model.safetensors", specs);
+    for (const auto& n : ck.names())
+        if (!qc.tensors.contains(n)) w.write(n, ck.dense(n).data);
+    for (const auto& [n, q] : quantized) hlwq::io::write_quantized(w, n, q);
+    w.finish();
+    std::ofstream(out / "config.json") << hlwq::io::with_quantization_config(ck.config(), qc).dump(1);
+    return out;
+}
 
 }  // namespace
 
@@ -387,6 +426,90 @@ TEST_CASE("config and weights: clear errors") {
     CHECK_THROWS_AS(load_gemma4(fixtures / "no_such_model", opts()), std::runtime_error);
 }
 
+// Quantized embeddings: an embedding lookup dequantizes its row from the codes
+// (linear::row -> hlwq::dequantize_rows), which gives the very floats hlwq::dequantize writes
+// into the dense folder; every other layer is the same dense tensor in both folders. So the
+// hidden states are bit-identical, and so are the logits when the lm_head is not the quantized
+// embedding (k_eq_v is untied; quantizing only embed_tokens_per_layer leaves the tied
+// lm_head dense). With a tied lm_head the last product alone differs: matvec on the codes
+// (fp32 activations) against the dense dot product of the same fp32 weights, a different
+// summation order (see the 1e-4 argument above; nothing after it amplifies the difference).
+// The quantized model must also differ from the original: PQ4 embeddings move these logits
+// by 0.04..0.24 of max|logit| (printed); 1e-3 would be missed only if the codes were not read.
+TEST_CASE("fixtures: quantized embeddings (embed_tokens, embed_tokens_per_layer) compute their dequantized model") {
+    struct kase {
+        std::string variant, what;
+        bool exact;
+    };
+    const kase cases[] = {{"dense", "embed", false},
+                          {"k_eq_v", "embed", true},
+                          {"moe", "embed", false},
+                          {"ple_kv_shared", "embed", false},
+                          {"ple_kv_shared", "embed_tokens_per_layer", true}};
+    for (const kase& c : cases) {
+        CAPTURE(c.variant);
+        CAPTURE(c.what);
+        const auto ref = read_reference(fixtures / c.variant / "reference.safetensors");
+        temp_dir dir("embed_" + c.variant + "_" + std::to_string(c.exact));
+        const fs::path q = quantize_only(fixtures / c.variant, dir.path / "q", c.what, 4, 32);
+        write_dequantized(q, dir.path / "dequantized");
+        auto qm = load_gemma4(q, opts(32, 64, false));
+        auto dq = load_gemma4(dir.path / "dequantized", opts(32));
+        CHECK(qm->description().find("PQ4") != std::string::npos);
+        const auto q_logits = full_logits(*qm, ref.ids), dq_logits = full_logits(*dq, ref.ids);
+        const auto q_stepped = stepped_logits(*qm, ref.ids, 1);
+        if (c.exact) {
+            CHECK(q_logits == dq_logits);
+            CHECK(q_stepped == stepped_logits(*dq, ref.ids, 1));
+        } else {
+            CHECK(rel_max(q_logits, dq_logits) <= 1e-4);
+            CHECK(rel_max(q_stepped, dq_logits) <= 1e-4);
+        }
+        CHECK(greedy(*qm, ref.prompt, ref.greedy.size()) == greedy(*dq, ref.prompt, ref.greedy.size()));
+        const double moved = rel_max(q_logits, ref.logits);
+        MESSAGE(c.variant << ", PQ4 " << c.what << ": max|dlogit|/max|logit| vs transformers " << moved);
+        CHECK(moved > 1e-3);
+    }
+}
+
+// The model shipped in the repository (models/gemma4-gcide-tiny-hlwq-q4, README's main
+// command): its size limit, its recipe (linear layers PQ4, token embeddings PQ8, tied lm_head
+// on the embedding codes), and that it computes the dense model of its dequantized weights
+// (fp32 activations and cache: every product differs only in fp32 summation order, the 1e-4
+// argument above), prefilled and token by token. The ids are arbitrary in-vocabulary tokens.
+TEST_CASE("shipped model: under 16,000,000 bytes, PQ4 + PQ8 embeddings, computes its dequantized model") {
+    const fs::path shipped = HLWQ_SHIPPED_MODEL;
+    std::uintmax_t total = 0;
+    for (const auto& e : fs::recursive_directory_iterator(shipped))
+        if (e.is_regular_file()) total += e.file_size();
+    MESSAGE(shipped << ": " << total << " bytes");
+    CHECK(total < 16'000'000);
+    for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                          "chat_template.jinja", "generation_config.json", "README.md"})
+        CHECK_MESSAGE(fs::is_regular_file(shipped / f), f);
+    const auto ck = hlwq::io::checkpoint::open(shipped);
+    REQUIRE(ck.is_quantized("model.embed_tokens.weight"));
+    CHECK(ck.bits("model.embed_tokens.weight") == 8);
+    CHECK(ck.bits("model.layers.0.self_attn.q_proj.weight") == 4);
+    CHECK(ck.bits("model.layers.7.mlp.down_proj.weight") == 4);
+    CHECK(ck.config()["quantization_config"]["recipe"] == "PQ4-E8");
+
+    std::vector<std::int32_t> ids{2};
+    std::uint32_t x = 12345;
+    while (ids.size() < 96) {
+        x = x * 1664525u + 1013904223u;
+        ids.push_back(static_cast<std::int32_t>(4 + (x >> 8) % 8188));
+    }
+    temp_dir dir("shipped");
+    write_dequantized(shipped, dir.path / "dequantized");
+    auto qm = load_gemma4(shipped, opts(32, 64, false));
+    auto dq = load_gemma4(dir.path / "dequantized", opts(32));
+    CHECK(qm->description().find("PQ4+PQ8") != std::string::npos);
+    const auto dq_logits = full_logits(*dq, ids);
+    CHECK(rel_max(full_logits(*qm, ids), dq_logits) <= 1e-4);
+    CHECK(rel_max(stepped_logits(*qm, ids, 1), dq_logits) <= 1e-4);
+}
+
 #ifdef HLWQ_QUANTIZE_EXE
 // Quantized weights on the fixtures. At 8 bits each weight moves by ~0.6% rms (NMSE 4e-5);
 // through six O(1)-weight layers the logits move by 1.5..3% of max|logit| (printed: the MoE
@@ -503,6 +626,26 @@ TEST_CASE("real model gemma4-gcide-tiny: HLWQ KV cache (kv_bits 2..4)") {
 // Quantization quality on a trained model (regression bounds, about 1.5x the measured
 // values: PQ8 ~0.01, PQ4 ~0.16 of max|logit|; a wrong code path gives errors of order 1).
 // The greedy agreement is printed; tiny models have near-ties, so it is not asserted.
+// The shipped model is exactly what its README's command makes from gemma4-gcide-tiny (a
+// change of the quantizer or the writer shows up here: rebuild the shipped folder), and its
+// logits stay within the PQ4 bound below (measured 0.16 of max|logit| with f32 and with int8
+// activations, as plain PQ4 with bf16 embeddings; printed).
+TEST_CASE("real model gemma4-gcide-tiny: the shipped PQ4-E8 model is hlwq-quantize --recipe PQ4-E8 of it") {
+    const fs::path shipped = HLWQ_SHIPPED_MODEL;
+    temp_dir dir("real_pq4e8");
+    const fs::path q = quantize(real_model, dir.path / "model", "--recipe PQ4-E8");
+    const auto slurp = [](const fs::path& p) {
+        std::ifstream in(p, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    };
+    CHECK(slurp(q / "model.safetensors") == slurp(shipped / "model.safetensors"));
+    CHECK(nlohmann::json::parse(slurp(q / "config.json")) == nlohmann::json::parse(slurp(shipped / "config.json")));
+    for (bool int8 : {false, true}) {
+        auto m = load_gemma4(shipped, opts(0, 64, int8));
+        check_real(*m, 0.25, std::string("shipped PQ4-E8") + (int8 ? " int8 activations" : " f32 activations"));
+    }
+}
+
 TEST_CASE("real model gemma4-gcide-tiny: HLWQ Q4 and Q8 conversions") {
     for (int bits : {8, 4}) {
         temp_dir dir("real_q" + std::to_string(bits));
