@@ -25,6 +25,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -330,12 +331,14 @@ namespace {
 /// Writes fixture `variant` as an HLWQ folder at `out`: every linear weight (2-D `.weight`
 /// and 3-D experts; not embeddings, norms, conv1d, the router or the shared-expert gate)
 /// quantized at `bits` with blocks of 32 columns. (hlwq-quantize keeps matrices of fewer than
-/// 128 columns, which is all of these tiny models.)
-void write_hlwq(const char* variant, const fs::path& out, int bits, bool dequantized = false) {
+/// 128 columns, which is all of these tiny models.) With `only`, just the 2-D tensors whose
+/// name contains it (e.g. the embeddings).
+void write_hlwq(const char* variant, const fs::path& out, int bits, bool dequantized = false, std::string_view only = {}) {
     const std::size_t block = 32;
     const fs::path in = qwen_fixtures / variant;
     const auto src = hlwq::io::safetensors_file::open(in / "model.safetensors");
-    const auto quantize_it = [](std::string_view n, const hlwq::io::tensor_view& v) {
+    const auto quantize_it = [&](std::string_view n, const hlwq::io::tensor_view& v) {
+        if (!only.empty()) return v.shape.size() == 2 && n.find(only) != std::string_view::npos;
         if (n.find("embed") != std::string_view::npos || n.ends_with(".gate.weight") ||
             n.find("shared_expert_gate") != std::string_view::npos || n.find("conv1d") != std::string_view::npos)
             return false;
@@ -428,6 +431,29 @@ TEST_CASE("qwen35 fixtures: HLWQ weights (codes == dequantized fp32; logit error
             }
         }
         MESSAGE(v << ": max|dlogit|/max|logit| vs transformers:" << line.str());
+    }
+}
+
+// A quantized embed_tokens: the lookup dequantizes its row (linear::row), the very floats
+// hlwq::dequantize writes into the dense folder, and these fixtures' lm_head is untied and
+// dense, so the logits are bit-identical; PQ4 embeddings must still move them from
+// transformers' (by far more than 1e-3 of max|logit| on these chaotic models, printed).
+TEST_CASE("qwen35 fixtures: a quantized embed_tokens computes its dequantized model exactly") {
+    for (const char* v : qwen_variants) {
+        CAPTURE(v);
+        const fixture_ref ref(v);
+        scratch_dir dir(std::string(v) + "_embed_q");
+        write_hlwq(v, dir.path(), 4, false, "embed_tokens");
+        scratch_dir dense(std::string(v) + "_embed_d");
+        write_hlwq(v, dense.path(), 4, true, "embed_tokens");
+        auto m = load_qwen35(dir.path(), options(32, 64, false));
+        auto d = load_qwen35(dense.path(), options(32, 64, false));
+        CHECK(m->description().find("PQ4") != std::string::npos);
+        const auto got = logits_of(*m, ref.input_ids, ref.input_ids.size());
+        CHECK(got == logits_of(*d, ref.input_ids, ref.input_ids.size()));
+        const double moved = rel_error(got, ref.logits);
+        MESSAGE(std::string(v) << ", PQ4 embed_tokens: max|dlogit|/max|logit| vs transformers " << moved);
+        CHECK(moved > 1e-3);
     }
 }
 
