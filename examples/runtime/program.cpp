@@ -360,7 +360,7 @@ int run_perplexity(const program_options& o, causal_lm& model, const tokenizer& 
 // --- chat ------------------------------------------------------------------------------
 
 constexpr const char* chat_commands =
-    "commands: /image PATH attach an image to the next message, /reset forget the conversation,\n"
+    "commands: /reset forget the conversation, /image PATH attach an image to the next message,\n"
     "/help this text, /exit (or end of input) quit; a line ending with '\\' continues on the next line\n";
 
 int run_chat(const program_options& o, const char* name, causal_lm& model, const tokenizer& tok,

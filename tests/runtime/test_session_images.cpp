@@ -4,13 +4,19 @@
 // image's tokens, images fed once across turns (KV reuse), and clear errors.
 #include "fake_model.hpp"
 #include "image.hpp"
+#include "program.hpp"
 #include "session.hpp"
 
 #include <doctest/doctest.h>
+#include <stb/stb_image_write.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
 #include <stdexcept>
+#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -28,15 +34,14 @@ const tokenizer& tiny_tokenizer() {
 
 // Gemma-style turns; an image entry renders as "<unk>" (a special token of the tiny tokenizer,
 // standing in for a real template's image token).
-chat_template image_template() {
-    return chat_template(
-        "{%- for m in messages -%}<start_of_turn>{{ m['role'] }}\n"
-        "{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
-        "{%- for c in m['content'] -%}{%- if c['type'] == 'image' -%}<unk>{%- else -%}{{ c['text'] }}{%- endif -%}"
-        "{%- endfor -%}{%- endif -%}<end_of_turn>\n{% endfor -%}"
-        "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}",
-        {});
-}
+constexpr const char* image_template_source =
+    "{%- for m in messages -%}<start_of_turn>{{ m['role'] }}\n"
+    "{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}"
+    "{%- for c in m['content'] -%}{%- if c['type'] == 'image' -%}<unk>{%- else -%}{{ c['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}<end_of_turn>\n{% endfor -%}"
+    "{%- if add_generation_prompt -%}<start_of_turn>model\n{%- endif -%}";
+
+chat_template image_template() { return chat_template(image_template_source, {}); }
 
 // A template that knows no images: it writes the content as a string.
 chat_template text_template() {
@@ -53,6 +58,7 @@ constexpr std::int32_t boi = 100, eoi = 101;
 /// none queued (as the real models do).
 class fake_vlm : public fake_lm {
 public:
+    static inline std::size_t total_fed = 0;  ///< image tokens fed by every instance (program test)
     std::vector<std::size_t> queued{};   ///< widths of the queued images
     std::size_t images_encoded = 0;       ///< queue_image() calls
     std::size_t image_tokens_fed = 0;
@@ -82,6 +88,7 @@ public:
         if (n > pending_image_tokens()) throw std::invalid_argument("fake_vlm: image tokens but no image queued");
         fake_lm::forward(ids, logits, all);
         image_tokens_fed += n;
+        total_fed += n;
         while (n) {  // consume whole images in order
             REQUIRE(!queued.empty());
             REQUIRE(queued.front() <= n);
@@ -178,4 +185,47 @@ TEST_CASE("session: image errors leave the conversation and the model's queue as
         CHECK_THROWS_WITH_AS(s.send("x", {}, std::vector<rgb_image>{image_of_width(1)}),
                              doctest::Contains("does not read images"), std::runtime_error);
     }
+}
+
+namespace {
+std::unique_ptr<causal_lm> load_fake_vlm(const std::filesystem::path&, const model_options&) {
+    auto m = std::make_unique<fake_vlm>();
+    m->next = [](std::span<const std::int32_t>) { return 200; };
+    return m;
+}
+}  // namespace
+
+TEST_CASE("chat program: --image with the first line, /image PATH in the interactive chat") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("hlwq_chat_images_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    fs::copy_file(test_dir / "gemma4_tiny" / "tokenizer.json", dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+    std::ofstream(dir / "chat_template.jinja") << image_template_source;
+    const std::vector<std::uint8_t> px(4 * 2 * 3, 90);
+    REQUIRE(stbi_write_png((dir / "a.png").c_str(), 4, 2, 3, px.data(), 4 * 3));  // 4 wide: 4 image tokens
+    REQUIRE(stbi_write_png((dir / "b.png").c_str(), 2, 2, 3, px.data(), 2 * 3));  // 2 wide
+    const auto run = [&](std::vector<std::string> args, const std::string& input, std::string& err) {
+        std::istringstream in(input);
+        std::ostringstream o, e;
+        const int rc = run_chat_program(args, "fake_chat", load_fake_vlm, in, o, e);
+        err = e.str();
+        return rc;
+    };
+    std::string err;
+    fake_vlm::total_fed = 0;
+    // --image goes with the first message; /image with the next; a bad path is reported and
+    // the chat goes on.
+    const std::string input = "first\n/image " + (dir / "b.png").string() + "\nsecond\n/image " +
+                              (dir / "missing.png").string() + "\nthird\n/exit\n";
+    CHECK(run({"--model", dir.string(), "--greedy-sampling", "-n", "2", "--image", (dir / "a.png").string()}, input, err) == 0);
+    CHECK(fake_vlm::total_fed == 6);  // 4 (a.png) + 2 (b.png), each fed once
+    CHECK(err.find("b.png, 2x2, goes with the next message") != std::string::npos);
+    CHECK(err.find("missing.png: no such file") != std::string::npos);
+    CHECK(err.find("error: ") != std::string::npos);
+    // --prompt with two images.
+    fake_vlm::total_fed = 0;
+    CHECK(run({"--model", dir.string(), "--greedy-sampling", "-n", "1", "--prompt", "hi", "--image",
+               (dir / "a.png").string(), "--image", (dir / "b.png").string()}, "", err) == 0);
+    CHECK(fake_vlm::total_fed == 6);
+    fs::remove_all(dir);
 }
