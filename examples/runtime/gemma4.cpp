@@ -579,7 +579,9 @@ public:
                                         " tokens exceed the context of " + std::to_string(max_context_));
         // Image tokens: each run of them takes the next queued image, whose soft-token count
         // it must match (Gemma4Model.forward's masked_scatter; get_block_sequence_ids_for_mask
-        // makes each run one bidirectional block).
+        // makes each run one bidirectional block). With no image left in the queue they are
+        // ordinary tokens looking up pad, as in transformers without pixel values (e.g. an
+        // image token the model generates).
         std::vector<const float*> rows(n, nullptr);
         std::vector<std::pair<std::size_t, std::size_t>> runs;
         std::size_t used = 0;
@@ -590,9 +592,7 @@ public:
             }
             std::size_t j = i;
             while (j < n && ids[j] == cfg_.image_id) ++j;
-            if (used == images_.size())
-                throw std::invalid_argument("gemma4: image tokens at " + std::to_string(i) + ".." + std::to_string(j - 1) +
-                                            " but no image is queued for them (queue_image)");
+            if (used == images_.size()) break;
             const queued_image& im = images_[used++];
             if (j - i != im.tokens)
                 throw std::invalid_argument("gemma4: a run of " + std::to_string(j - i) + " image tokens at " +

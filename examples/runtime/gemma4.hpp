@@ -20,7 +20,9 @@ namespace hlwq::rt {
 /// Images (Gemma4ForConditionalGeneration with a vision_config; gemma4_vision.hpp): the prompt
 /// holds <boi>, N x <image>, <eoi> per image; each run of image tokens fed to forward() takes
 /// the next queued image's N embeddings (embed_vision's output, not scaled) in place of the
-/// token's; image, video and audio tokens otherwise look up the pad token (as transformers).
+/// token's (a run of another length throws std::invalid_argument); image, video and audio
+/// tokens otherwise look up the pad token, also image tokens with no image queued (as
+/// transformers without pixel values).
 /// With use_bidirectional_attention "vision", an image's tokens also attend to the later
 /// tokens of the same image on sliding layers (full layers stay causal): an image goes
 /// through the layers in one chunk, so chunks and sliding-window rings are sized for the

@@ -247,8 +247,15 @@ TEST_CASE("text model with the reference image embeddings: logits and greedy tok
         CHECK(m->image_token_id() == 7);
         const auto logits = image_logits(*m, [](gemma4_lm& g) { return g.queue_embeddings(floats("image_embeds")); });
         const double e = rel_max(logits, want);
-        MESSAGE("chunk " << chunk << ": logits vs transformers, max|d| / max|ref| = " << e);
-        CHECK(e < 1e-4);
+        // This random fixture amplifies rounding in the image's tokens strongly (bidirectional
+        // vs causal image attention moves its logits by 14.7): the bound adds what one ulp
+        // (2^-24 relative, random sign) on each embedding value alone does.
+        std::vector<float> ulp = floats("image_embeds");
+        for (std::size_t i = 0; i < ulp.size(); ++i) ulp[i] *= 1.0f + ((i * 2654435761u >> 7) & 1 ? 0x1p-24f : -0x1p-24f);
+        auto m2 = open_model(32, chunk);
+        const double d_ulp = rel_max(image_logits(*m2, [&](gemma4_lm& g) { return g.queue_embeddings(ulp); }), logits);
+        MESSAGE("chunk " << chunk << ": logits vs transformers, max|d| / max|ref| = " << e << " (one ulp on the embeddings: " << d_ulp << ")");
+        CHECK(e < 1e-4 + 4 * d_ulp);
         // Greedy continuation, one token at a time after the prompt.
         std::vector<float> last(logits.end() - static_cast<std::ptrdiff_t>(m->vocab_size()), logits.end());
         std::vector<std::int64_t> got;
@@ -295,14 +302,19 @@ TEST_CASE("image tokens: clear errors, queue semantics, text-only models") {
     auto m = open_model();
     const auto ids = reference_ids();
     std::vector<float> logits(ids.size() * m->vocab_size());
-    CHECK(error_of([&] { m->forward(ids, logits, true); }).find("no image is queued") != std::string::npos);
-    CHECK(m->position() == 0);  // a failed forward leaves the cache as it was
+    // No image queued: image tokens are ordinary tokens (pad's embedding), as in transformers
+    // without pixel values; the logits then differ from the image's.
+    m->forward(ids, logits, true);
+    CHECK(m->position() == ids.size());
+    CHECK(rel_max(logits, floats("logits")) > 1e-2);
+    m->reset();
     // A queued image of another size than the run of image tokens.
     m->queue_pixels(reference_pixels("pixel_u8_down", "position_ids_down"));  // 63 soft tokens
     CHECK(m->pending_image_tokens() == 63);
     CHECK(error_of([&] { m->forward(ids, logits, true); }).find("70 image tokens at 22, but the queued image has 63") !=
           std::string::npos);
     CHECK(m->pending_image_tokens() == 63);  // not consumed by the failed call
+    CHECK(m->position() == 0);               // whose cache is left as it was
     m->reset();
     CHECK(m->pending_image_tokens() == 0);
     // A text-only model has no vision.
@@ -372,7 +384,8 @@ TEST_CASE("gemma4_chat --ids ... --image: the image fills the expanded tokens (l
     CHECK(run({"--model", (fs::path(HLWQ_GEMMA4_FIXTURES_TEXT) / "dense").string(), "--ids", "2,5", "--greedy", "1",
                "--image", png}, out, err) == 1);
     CHECK(err.find("has no vision tower") != std::string::npos);
-    CHECK(run({"--model", dir.string(), "--ids", list, "--greedy", "1"}, out, err) == 1);
-    CHECK(err.find("no image is queued") != std::string::npos);
+    // Expanded image tokens with another number of soft tokens than the image gives.
+    CHECK(run({"--model", dir.string(), "--ids", "2,5,7,7,6", "--greedy", "1", "--image", png}, out, err) == 1);
+    CHECK(err.find("a run of 2 image tokens at 2, but the queued image has 70 soft tokens") != std::string::npos);
     fs::remove_all(tmp);
 }
