@@ -288,7 +288,7 @@ TEST_CASE("int8 activations: the batched kernel equals one matvec per token for 
     // matmul decodes a few rows' codes once and runs them against a register tile of tokens;
     // its integer lanes, scales and lane sums are those of matvec's kernel, so the results are
     // bit-identical (and matvec is checked against exact integer sums above). Shapes: row and
-    // token counts that are not multiples of the 4 × 2 tile, partial last blocks, blocks of
+    // token counts that are not multiples of the 4 × 3 tile, partial last blocks, blocks of
     // 64..256 (fused and unpacking kernels) and 32 (the per-row fallback).
     struct shape {
         std::size_t rows, cols, block;

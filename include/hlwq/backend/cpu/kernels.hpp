@@ -586,7 +586,7 @@ struct kernels<backend::cpu<Arch>> {
     /// `n` tokens (xq, xscale, xsum consecutive per token): y[i·ldy + r], bit for bit what
     /// dot_row_int8 gives for each pair. AVX-512 VNNI: each 4 rows' codes are turned into the
     /// operands of vpdpbusd / vpdpwssd once (not once per token) and a register tile of
-    /// 4 rows × 2 tokens runs over them. Other instruction sets: dot_row_int8 per pair.
+    /// 4 rows × 3 tokens runs over them. Other instruction sets: dot_row_int8 per pair.
     template <int Bits>
     static void dot_rows_int8(const std::uint8_t* codes, const half* norms, std::size_t rows, std::size_t blocks,
                               std::size_t block, const std::int16_t* table, const std::int8_t* xq, const float* xscale,
@@ -817,7 +817,7 @@ private:
         constexpr __mmask32 all16 = ~__mmask32{0};
         constexpr std::size_t levels = std::size_t{1} << Bits;
         constexpr bool narrow = int_table_max<Bits> == 127;
-        constexpr std::size_t R = 4, T = 2;  // vnni_tile's rows and tokens
+        constexpr std::size_t R = 4, T = 3;  // vnni_tile's rows and tokens
         using elem = std::conditional_t<narrow, std::uint8_t, std::int16_t>;
         const std::size_t block_bytes = block * Bits / 8, len = blocks * block;
         const bool fused = fused_int8(Bits) && block % 128 == 0;
@@ -897,12 +897,12 @@ private:
     }
 
     /// The register tile of dot_rows_vnni: rows wr[0..4) (operands; m of them real) against
-    /// every token, 2 at a time; P = block / 64. Writes y[i·ldy + j] for j < m.
+    /// every token, 3 at a time; P = block / 64. Writes y[i·ldy + j] for j < m.
     template <bool Narrow, std::size_t P>
     static void vnni_tile(const std::conditional_t<Narrow, std::uint8_t, std::int16_t>* const* wr, std::size_t m,
                           const float* wnorm, float* scale, const std::int8_t* xq, const float* xscale,
                           const std::int32_t* xsum, std::size_t n, std::size_t blocks, float* y, std::size_t ldy) {
-        constexpr std::size_t R = 4, T = 2, block = 64 * P;
+        constexpr std::size_t R = 4, T = 3, block = 64 * P;
         constexpr __mmask32 all16 = ~__mmask32{0};
         const std::size_t len = blocks * block;
         for (std::size_t i0 = 0; i0 < n; i0 += T) {
