@@ -27,12 +27,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
+#include <optional>
 #include <set>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace hlwq::rt {
 namespace {
@@ -279,6 +283,12 @@ private:
             rope2(k.data() + t * nkv * d, nkv, d, cos.data() + t * 2 * quarter, sin.data() + t * 2 * quarter);
         }
         const std::size_t group = nq / nkv;
+        // Keys transposed to [kv head][d][patch], so that the scores of one query are summed
+        // over d with the patches in the vectorized inner loop (each score in index order).
+        std::vector<float> kt(nkv * d * n);
+        for (std::size_t s = 0; s < n; ++s)
+            for (std::size_t hk = 0; hk < nkv; ++hk)
+                for (std::size_t i = 0; i < d; ++i) kt[(hk * d + i) * n + s] = k[(s * nkv + hk) * d + i];
         // (query, head) items; each reads n keys and values of d.
         const std::size_t items = n * nq;
         const std::size_t per_thread = std::max<std::size_t>(1, (std::size_t{1} << 18) / std::max<std::size_t>(1, n * d));
@@ -287,14 +297,13 @@ private:
             for (std::size_t it = i0; it < i1; ++it) {
                 const std::size_t t = it / nq, hq = it % nq, hk = hq / group;
                 const float* qv = q.data() + (t * nq + hq) * d;
-                float mx = -INFINITY;
-                for (std::size_t s = 0; s < n; ++s) {
-                    const float* kv = k.data() + (s * nkv + hk) * d;
-                    float dot = 0;
-                    for (std::size_t i = 0; i < d; ++i) dot += qv[i] * kv[i];
-                    score[s] = dot;
-                    mx = std::max(mx, dot);
+                std::fill(score.begin(), score.end(), 0.0f);
+                for (std::size_t i = 0; i < d; ++i) {
+                    const float qi = qv[i];
+                    const float* row = kt.data() + (hk * d + i) * n;
+                    for (std::size_t s = 0; s < n; ++s) score[s] += qi * row[s];
                 }
+                const float mx = *std::max_element(score.begin(), score.end());
                 double sum = 0;
                 for (std::size_t s = 0; s < n; ++s) sum += (score[s] = std::exp(score[s] - mx));
                 const float inv = static_cast<float>(1.0 / sum);
