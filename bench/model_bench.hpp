@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// Shared by the whole-model benchmarks (bench_gemma4, bench_qwen35): random-weight model
-// folders written in the run (bf16, or HLWQ v1 with every linear layer quantized), and the
-// prefill/decode benchmarks over a causal_lm loader, bf16 being each one's baseline.
+// Shared by the whole-model benchmarks (bench_gemma4, bench_qwen35, bench_vision):
+// random-weight model folders written in the run (bf16, or HLWQ v1 with every linear layer
+// quantized), and the prefill/decode benchmarks over a causal_lm loader, bf16 being each
+// one's baseline.
 //
 //   <family>/<size>/<weights>/prefill   forward over a kPrompt-token prompt (chunked prefill,
 //                                       the matmul path)
@@ -58,6 +59,7 @@ struct parameter {
     std::string name;
     std::vector<std::int64_t> shape;
     bool linear = false;  ///< a 2-D linear layer: quantized in the HLWQ folders
+    bool keep = false;    ///< a linear layer kept dense there too (as hlwq-quantize keeps embedders)
 };
 
 /// A random-weight model: its config.json and tensors.
@@ -67,11 +69,13 @@ struct model_spec {
     nlohmann::json config;
     std::vector<parameter> params;
     std::size_t vocab = 0;
+    std::map<std::string, nlohmann::json> files{};  ///< other JSON files of the folder (preprocessor_config.json)
 };
 
 /// Writes the folder of `spec` with weights `bits` (0 = bf16) under `root`. Linear layers get
 /// standard deviation 1/√cols (activations stay O(1) through the layers), vectors (norms,
-/// biases) 1 ± 0.1, other tensors (embeddings, conv filters) 0.3.
+/// biases) 1 ± 0.1, other tensors (embeddings, conv filters) 0.3. Linear layers are quantized
+/// unless `keep`.
 inline fs::path write_model(const fs::path& root, const model_spec& spec, int bits) {
     const fs::path dir = root / (bits ? "PQ" + std::to_string(bits) : std::string("bf16"));
     fs::create_directories(dir);
@@ -79,7 +83,7 @@ inline fs::path write_model(const fs::path& root, const model_spec& spec, int bi
     qc.bits = bits;
     std::vector<hlwq::io::tensor_spec> specs;
     for (const auto& p : spec.params) {
-        if (bits && p.linear) {
+        if (bits && p.linear && !p.keep) {
             for (auto& s : hlwq::io::quantized_tensor_specs(p.name, p.shape, bits, qc.block_size)) specs.push_back(s);
             qc.tensors[p.name] = {p.shape, bits, {}};
         } else {
@@ -89,6 +93,7 @@ inline fs::path write_model(const fs::path& root, const model_spec& spec, int bi
     nlohmann::json cfg = spec.config;
     if (bits) cfg = hlwq::io::with_quantization_config(cfg, qc);
     std::ofstream(dir / "config.json") << cfg.dump(1);
+    for (const auto& [name, content] : spec.files) std::ofstream(dir / name) << content.dump(1);
     hlwq::io::safetensors_writer out(dir / "model.safetensors", specs);
     random_values rnd;
     for (const auto& p : spec.params) {
@@ -97,7 +102,7 @@ inline fs::path write_model(const fs::path& root, const model_spec& spec, int bi
         const float sd = p.shape.size() == 1 ? 0.0f : p.linear ? 1.0f / std::sqrt(static_cast<float>(p.shape[1])) : 0.3f;
         std::vector<float> w(n);
         for (float& x : w) x = sd == 0.0f ? 1.0f + rnd.next(0.1f) : rnd.next(sd);
-        if (bits && p.linear) {
+        if (bits && p.linear && !p.keep) {
             const auto q = hlwq::quantize(w, static_cast<std::size_t>(p.shape[0]), static_cast<std::size_t>(p.shape[1]),
                                           bits);
             hlwq::io::write_quantized(out, p.name, q);
@@ -138,10 +143,10 @@ private:
 /// Loads a model folder (load_gemma4, load_qwen35).
 using model_loader = std::function<std::unique_ptr<hlwq::rt::causal_lm>(const fs::path&, const hlwq::rt::model_options&)>;
 
-/// A fixed prompt spread over the vocabulary (ids 3.. avoid the special tokens).
-inline std::vector<std::int32_t> prompt_ids(std::size_t vocab) {
-    std::vector<std::int32_t> ids(kPrompt);
-    for (std::size_t i = 0; i < kPrompt; ++i) ids[i] = static_cast<std::int32_t>(3 + (i * 7919) % (vocab - 3));
+/// A fixed prompt of n ids spread over [3, vocab) (ids 3.. avoid the special tokens).
+inline std::vector<std::int32_t> prompt_ids(std::size_t vocab, std::size_t n = kPrompt) {
+    std::vector<std::int32_t> ids(n);
+    for (std::size_t i = 0; i < n; ++i) ids[i] = static_cast<std::int32_t>(3 + (i * 7919) % (vocab - 3));
     return ids;
 }
 
