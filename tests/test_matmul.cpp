@@ -315,10 +315,26 @@ TEST_CASE("int8 activations: the batched kernel equals one matvec per token for 
                         hlwq::matvec(q, std::span(x).subspan(i * s.cols, s.cols), yi, opt, backend);
                         for (std::size_t r = 0; r < s.rows; ++r) REQUIRE(y[i * s.rows + r] == yi[r]);
                     }
+                    // matvec runs a few rows at a time: a row alone gives the same bits.
+                    const hlwq::quantized_view all = q;
+                    const std::size_t nb = all.blocks_per_row();
+                    hlwq::matvec(q, std::span(x).first(s.cols), yi, opt, backend);
+                    for (std::size_t r = 0; r < s.rows; ++r) {
+                        hlwq::quantized_view one = all;
+                        one.rows = 1;
+                        one.codes = all.codes.subspan(r * nb * all.block_bytes(), nb * all.block_bytes());
+                        one.norms = all.norms.subspan(r * nb, nb);
+                        float yr = 0;
+                        hlwq::matvec(one, std::span(x).first(s.cols), std::span(&yr, 1), opt, backend);
+                        REQUIRE(yr == yi[r]);
+                    }
                 };
                 check(hlwq::default_backend{}, 1);
                 check(hlwq::default_backend{}, 3);
                 check(hlwq::backend::scalar{}, 2);
+#if XSIMD_WITH_AVX2
+                check(hlwq::backend::cpu<xsimd::avx2>{}, 2);
+#endif
             });
         }
     }

@@ -114,14 +114,6 @@ template <int Bits, class Backend>
 void product_rows_int8(const quantized_view& q, const int_table& table, const int8_activations& a, std::size_t n,
                        float* y, std::size_t r0, std::size_t r1) {
     const std::size_t nb = q.blocks_per_row();
-    if (n == 1) {  // decode: straight from the packed codes, one row at a time
-        for (std::size_t r = r0; r < r1; ++r)
-            y[r] = kernels<Backend>::template dot_row_int8<Bits>(q.codes.data() + r * nb * q.block_bytes(),
-                                                                 q.norms.data() + r * nb, nb, q.block,
-                                                                 table.values.data(), a.q.data(), a.scale.data(),
-                                                                 a.sum.data());
-        return;
-    }
     kernels<Backend>::template dot_rows_int8<Bits>(q.codes.data() + r0 * nb * q.block_bytes(), q.norms.data() + r0 * nb,
                                                    r1 - r0, nb, q.block, table.values.data(), a.q.data(), a.scale.data(),
                                                    a.sum.data(), n, y + r0, q.rows);

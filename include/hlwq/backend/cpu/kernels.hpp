@@ -34,6 +34,13 @@
 #define HLWQ_CPU_HAS_VNNI 0
 #endif
 
+/// AVX2 with FMA and F16C, the instructions of the AVX2 int8-activation product.
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define HLWQ_CPU_HAS_AVX2_INT8 1
+#else
+#define HLWQ_CPU_HAS_AVX2_INT8 0
+#endif
+
 namespace hlwq {
 
 namespace detail {
@@ -548,12 +555,28 @@ struct kernels<backend::cpu<Arch>> {
     template <int Bits>
     static void order_activations_int8(std::int8_t* x, std::size_t block) noexcept {
 #if HLWQ_CPU_HAS_VNNI
-        if constexpr (fused_int8(Bits) && std::is_base_of_v<xsimd::avx512bw, Arch>) {
-            if (block % 128 != 0) return;
-            std::int8_t chunk[128];
-            for (std::size_t p = 0; p < block; p += 128) {
-                std::copy_n(x + p, 128, chunk);
-                for (std::size_t j = 0; j < 128; ++j) x[p + j] = chunk[fused_slot_code(Bits, j)];
+        if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
+            constexpr bool wide = int_table_max<Bits> != 127;
+            const bool fused = fused_int8(Bits) && block % 128 == 0;
+            if (block < 64 || (!fused && !wide)) return;
+            const std::size_t chunk = fused ? 128 : 64;
+            std::int8_t values[128];
+            for (std::size_t p = 0; p < block; p += chunk) {
+                std::copy_n(x + p, chunk, values);
+                for (std::size_t j = 0; j < chunk; ++j) {
+                    const std::size_t slot = wide ? 64 * (j / 64) + wide_slot(j % 64) : j;
+                    x[p + j] = values[fused ? fused_slot_code(Bits, slot) : slot];
+                }
+            }
+        }
+#endif
+#if HLWQ_CPU_HAS_AVX2_INT8
+        if constexpr (Bits == 4 && avx2_int8(Bits)) {
+            if (block % 64 != 0 || block > 1024) return;
+            std::int8_t chunk[64];
+            for (std::size_t p = 0; p < block; p += 64) {
+                std::copy_n(x + p, 64, chunk);
+                for (std::size_t j = 0; j < 64; ++j) x[p + j] = chunk[avx2_slot_code(j)];
             }
         }
 #endif
@@ -567,9 +590,10 @@ struct kernels<backend::cpu<Arch>> {
     /// AVX-512 VNNI + VBMI (int8 tables, up to 5 bits): the table, biased by 128 to unsigned
     /// bytes, is looked up with byte shuffles and multiplied into int8 activations with
     /// `vpdpbusd`, 64 products per instruction; the bias comes back out as 128 · xsum[b].
-    /// 4 bits read the nibbles of a 64-byte register straight from the packed plane; other
+    /// 2..6 bits read the codes straight from the packed planes (blocks of 128k); other
     /// widths unpack a block first. 6..8 bits (int16 tables): word permutes and `vpdpwssd`.
-    /// Other instruction sets: the scalar reference.
+    /// AVX2 (2..5 bits): byte shuffles look the table up and `vpmaddubsw` multiplies, with
+    /// the activation's sign moved onto the centroid (see dot32). Otherwise the scalar reference.
     template <int Bits>
     static float dot_row_int8(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
                               const std::int16_t* table, const std::int8_t* xq, const float* xscale,
@@ -579,21 +603,76 @@ struct kernels<backend::cpu<Arch>> {
             if (block >= 64) return dot_row_vnni<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
         }
 #endif
+#if HLWQ_CPU_HAS_AVX2_INT8
+        if constexpr (avx2_int8(Bits)) {
+            if (block % 64 == 0 && block <= 1024) {
+                float y;
+                dot_rows_avx2_decode<Bits, 1>(codes, 0, norms, blocks, block, avx2_table<Bits>(table), xq, xscale, &y);
+                return y;
+            }
+        }
+#endif
         return kernels<backend::scalar>::dot_row_int8<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
     }
 
     /// dot_row_int8 for `rows` rows (codes and norms consecutive, `blocks` blocks each) against
     /// `n` tokens (xq, xscale, xsum consecutive per token): y[i·ldy + r], bit for bit what
-    /// dot_row_int8 gives for each pair. AVX-512 VNNI: each 4 rows' codes are turned into the
-    /// operands of vpdpbusd / vpdpwssd once (not once per token) and a register tile of
-    /// 4 rows × 3 tokens runs over them. Other instruction sets: dot_row_int8 per pair.
+    /// dot_row_int8 gives for each pair. One token (decode) on AVX-512 VNNI and AVX2: a few
+    /// rows at a time straight from the codes, sharing the activations' loads. Several tokens
+    /// on AVX-512 VNNI: each 4 rows' codes are turned into the operands of vpdpbusd /
+    /// vpdpwssd once (not once per token) and a register tile of 4 rows × 3 tokens runs over
+    /// them; on AVX2, the decode kernel token by token. Otherwise dot_row_int8 per pair.
     template <int Bits>
     static void dot_rows_int8(const std::uint8_t* codes, const half* norms, std::size_t rows, std::size_t blocks,
                               std::size_t block, const std::int16_t* table, const std::int8_t* xq, const float* xscale,
                               const std::int32_t* xsum, std::size_t n, float* y, std::size_t ldy) {
 #if HLWQ_CPU_HAS_VNNI
         if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
+            if (block >= 64 && n == 1) {  // decode: straight from the codes, R rows at a time
+                constexpr std::size_t R = vnni_table<Bits>::narrow ? 4 : 2;
+                const vnni_table<Bits> tab(table);
+                const std::size_t row_bytes = blocks * (block * Bits / 8);
+                std::size_t r = 0;
+                for (; r + R <= rows; r += R) {
+                    if (block == 128)
+                        dot_rows_vnni_decode<Bits, R, 128>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block,
+                                                           tab, xq, xscale, xsum, y + r);
+                    else
+                        dot_rows_vnni_decode<Bits, R>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
+                                                      xq, xscale, xsum, y + r);
+                }
+                for (; r < rows; ++r)
+                    dot_rows_vnni_decode<Bits, 1>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
+                                                  xq, xscale, xsum, y + r);
+                return;
+            }
             if (block >= 64) return dot_rows_vnni<Bits>(codes, norms, rows, blocks, block, table, xq, xscale, xsum, n, y, ldy);
+        }
+#endif
+#if HLWQ_CPU_HAS_AVX2_INT8
+        if constexpr (avx2_int8(Bits)) {
+            if (block % 64 == 0 && block <= 1024) {  // R rows at a time, token by token
+                constexpr std::size_t R = 4;
+                const avx2_table<Bits> tab(table);
+                const std::size_t row_bytes = blocks * (block * Bits / 8), len = blocks * block;
+                std::vector<float> yt(rows);
+                for (std::size_t i = 0; i < n; ++i) {
+                    std::size_t r = 0;
+                    for (; r + R <= rows; r += R) {
+                        if (block == 128)
+                            dot_rows_avx2_decode<Bits, R, 128>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks,
+                                                               block, tab, xq + i * len, xscale + i * blocks, yt.data() + r);
+                        else
+                            dot_rows_avx2_decode<Bits, R>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block,
+                                                          tab, xq + i * len, xscale + i * blocks, yt.data() + r);
+                    }
+                    for (; r < rows; ++r)
+                        dot_rows_avx2_decode<Bits, 1>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
+                                                      xq + i * len, xscale + i * blocks, yt.data() + r);
+                    std::copy(yt.begin(), yt.end(), y + i * ldy);
+                }
+                return;
+            }
         }
 #endif
         const std::size_t row_bytes = blocks * packer<Bits>::packed_bytes(block), len = blocks * block;
@@ -633,6 +712,138 @@ struct kernels<backend::cpu<Arch>> {
 private:
     static_assert(std::endian::native == std::endian::little, "SWAR unpack assumes little endian");
 
+#if HLWQ_CPU_HAS_AVX2_INT8 || HLWQ_CPU_HAS_VNNI
+    /// Prefetches the line at p + offset into L1; the address may lie past the end of p's
+    /// array (formed as an integer, never as a pointer).
+    static void prefetch(const void* p, std::size_t offset) noexcept {
+        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + offset), _MM_HINT_T0);
+    }
+#endif
+
+#if HLWQ_CPU_HAS_AVX2_INT8
+    /// Widths with an AVX2 int8 kernel (byte tables: byte shuffles look up 16 entries, 5 bits
+    /// use two), on AVX2 instruction sets (xsimd's AVX-512 ones do not derive from avx2).
+    static constexpr bool avx2_int8(int bits) noexcept {
+        return bits >= 2 && bits <= 5 && std::is_base_of_v<xsimd::avx2, Arch>;
+    }
+
+    /// Which code of a 64-code chunk slot j (0..63) of the 4-bit AVX2 kernel holds: 32 bytes
+    /// of the plane are two groups whose byte i holds codes i (low nibble) and i + 16, so the
+    /// low nibbles are codes 0..15 and 32..47, the high ones 16..31 and 48..63.
+    static constexpr std::size_t avx2_slot_code(std::size_t j) noexcept {
+        const std::size_t nibble = j / 32, k = j % 32;
+        return 32 * (k / 16) + 16 * nibble + k % 16;
+    }
+
+    /// The integer codebook as int8 bytes in both 128-bit lanes (entries 0..15 and 16..31).
+    template <int Bits>
+    struct avx2_table {
+        __m256i lo, hi;
+
+        explicit avx2_table(const std::int16_t* table) noexcept {
+            alignas(32) std::int8_t bytes[64];
+            for (std::size_t k = 0; k < 32; ++k) {
+                const auto v = static_cast<std::int8_t>(table[k % (std::size_t{1} << Bits)]);
+                bytes[k % 16 + (k / 16) * 32] = v;
+                bytes[k % 16 + (k / 16) * 32 + 16] = v;
+            }
+            lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes));
+            hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes + 32));
+        }
+
+        /// 32 byte codes -> their int8 centroids (5 bits: bit 4, shifted to each byte's sign
+        /// bit, picks the upper half of the table).
+        __m256i lookup(__m256i idx) const noexcept {
+            if constexpr (Bits <= 4) {
+                return _mm256_shuffle_epi8(lo, idx);
+            } else {
+                return _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, idx), _mm256_shuffle_epi8(hi, idx),
+                                          _mm256_slli_epi16(idx, 3));
+            }
+        }
+    };
+
+    /// lanes + Σ w·x over 32 int8 centroids w and activations x, in 8 int32 lanes. maddubs
+    /// multiplies unsigned by signed bytes: |x| by w with x's sign; its pair sums are at most
+    /// 2·127·127 < 2^15, so they never saturate and the sums are exact.
+    static __m256i dot32(__m256i lanes, __m256i w, __m256i abs_x, __m256i x) noexcept {
+        const __m256i pairs = _mm256_maddubs_epi16(abs_x, _mm256_sign_epi8(w, x));
+        return _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    }
+
+    /// dot_row_int8 on AVX2 for R consecutive rows (codes row_bytes apart, norms `blocks`
+    /// apart) into y[0..R); block a multiple of 64, at most 1024. 4 bits straight from the
+    /// packed plane (activations in avx2_slot_code order), other widths unpack a block first.
+    /// Each row's float operations do not depend on R (exact integer block sums, one
+    /// multiply-add per block into 8 lanes, one pairwise lane sum), so every R gives the same bits.
+    /// Block: the block size as a constant, or 0 to take `block_size`.
+    template <int Bits, std::size_t R, std::size_t Block = 0>
+    static void dot_rows_avx2_decode(const std::uint8_t* codes, std::size_t row_bytes, const half* norms, std::size_t blocks,
+                                     std::size_t block_size, const avx2_table<Bits>& table_in, const std::int8_t* xq,
+                                     const float* xscale, float* y) {
+        const std::size_t block = Block ? Block : block_size, block_bytes = block * Bits / 8;
+        const avx2_table<Bits> tab = table_in;  // a local copy, kept in registers
+        const __m256i low4 = _mm256_set1_epi8(0x0F);
+        __m256 acc[R];
+        alignas(32) float scales[R][8];  // norm_b · xscale_b, 8 blocks at a time
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
+        for (std::size_t b = 0; b < blocks; ++b, xq += block) {
+            if (b % 8 == 0) {
+                const std::size_t m = std::min<std::size_t>(8, blocks - b);
+                alignas(32) float xs[8] = {};
+                std::copy_n(xscale + b, m, xs);
+                for (std::size_t j = 0; j < R; ++j) {
+                    alignas(16) std::uint16_t h[8] = {};
+                    std::memcpy(h, norms + j * blocks + b, m * sizeof(half));
+                    _mm256_store_ps(scales[j], _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h))),
+                                                             _mm256_load_ps(xs)));
+                }
+            }
+            __m256i lanes[R];
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j) lanes[j] = _mm256_setzero_si256();
+            const std::uint8_t* c = codes + b * block_bytes;
+            for (std::size_t j = 0; j < R; ++j)  // as in dot_rows_vnni_decode
+                for (std::size_t l = 0; l < block_bytes; l += 64)
+                    prefetch(c, (R + j) * row_bytes + l);
+            if constexpr (Bits == 4) {
+                for (std::size_t p = 0; p < block; p += 64) {
+                    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
+                    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p + 32));
+                    const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j) {
+                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j * row_bytes + p / 2));
+                        lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(v, low4)), a0, x0);
+                        lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)), a1, x1);
+                    }
+                }
+            } else {
+                alignas(32) std::uint8_t unpacked[R][1024];
+                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * row_bytes, block, unpacked[j]);
+                for (std::size_t p = 0; p < block; p += 32) {
+                    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
+                    const __m256i a = _mm256_abs_epi8(x);
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j)
+                        lanes[j] = dot32(lanes[j], tab.lookup(_mm256_load_si256(reinterpret_cast<const __m256i*>(unpacked[j] + p))),
+                                         a, x);
+                }
+            }
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j)
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes[j]), _mm256_set1_ps(scales[j][b % 8]), acc[j]);
+        }
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < R; ++j) {  // s[i] + s[i+4], then +2, +1
+            __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
+            v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+            y[j] = _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+        }
+    }
+#endif
+
 #if HLWQ_CPU_HAS_VNNI
     /// Widths whose int8 kernel reads codes straight from the packed planes, 128 at a time.
     static constexpr bool fused_int8(int bits) noexcept { return bits >= 2 && bits <= 6; }
@@ -648,6 +859,14 @@ private:
         if (bits >= 4) return 32 * (k / 16) + 16 * reg + k % 16;
         const std::size_t h = k / 32, m = k % 32;
         return 32 * (m / 8) + m % 8 + 8 * (2 * reg + h);
+    }
+
+    /// Which of 64 byte slots the int16 operand word k (0..63, two registers) of a wide table
+    /// holds: unpacklo/unpackhi interleave bytes 0..7 / 8..15 of each 128-bit lane L into
+    /// words 8L..8L+7 of the first / second register.
+    static constexpr std::size_t wide_slot(std::size_t k) noexcept {
+        const std::size_t reg = k / 32, lane = (k % 32) / 8;
+        return 16 * lane + 8 * reg + k % 8;
     }
 
     /// The two registers of byte codes (order: fused_slot_code) of chunk p (codes 128p ..
@@ -720,93 +939,183 @@ private:
         (void)all;
     }
 
+    /// The integer codebook in the registers the VNNI kernels look it up in. Narrow tables
+    /// (up to 5 bits): biased by 128 to unsigned bytes, one byte-permute register (vpermb reads
+    /// 6 index bits, so the table repeats). Wide tables (6..8 bits, int16): their low and
+    /// high bytes as two byte tables (1, 2 or 4 registers each) looked up with byte permutes,
+    /// then interleaved into words (see wide_slot).
+    template <int Bits>
+    struct vnni_table {
+        static constexpr std::size_t levels = std::size_t{1} << Bits;
+        static constexpr bool narrow = int_table_max<Bits> == 127;
+        static constexpr std::size_t regs = narrow ? 1 : levels / 64;  // registers per byte table
+        __m512i lut;
+        __m512i lo[regs], hi[regs];
+
+        explicit vnni_table(const std::int16_t* table) noexcept {
+            alignas(64) std::uint8_t biased[64];
+            alignas(64) std::uint8_t bytes[2][regs * 64] = {};
+            for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
+            if constexpr (!narrow)
+                for (std::size_t k = 0; k < levels; ++k) {
+                    const auto v = static_cast<std::uint16_t>(table[k]);
+                    bytes[0][k] = static_cast<std::uint8_t>(v & 0xFF);
+                    bytes[1][k] = static_cast<std::uint8_t>(v >> 8);
+                }
+            lut = _mm512_load_si512(biased);
+            for (std::size_t k = 0; k < regs; ++k) {
+                lo[k] = _mm512_load_si512(bytes[0] + 64 * k);
+                hi[k] = _mm512_load_si512(bytes[1] + 64 * k);
+            }
+        }
+
+        /// 64 byte codes -> one byte of each entry from a wide table's byte table t.
+        static __m512i lookup_bytes(const __m512i* t, __m512i idx) noexcept {
+            constexpr __mmask64 all = ~__mmask64{0};
+            if constexpr (regs == 1) {
+                return _mm512_maskz_permutexvar_epi8(all, idx, t[0]);
+            } else if constexpr (regs == 2) {
+                return _mm512_permutex2var_epi8(t[0], idx, t[1]);
+            } else {  // bit 7 of the code picks the upper 128 entries
+                return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), _mm512_permutex2var_epi8(t[0], idx, t[1]),
+                                              _mm512_permutex2var_epi8(t[2], idx, t[3]));
+            }
+        }
+
+        /// Wide tables: 64 byte codes -> their int16 centroids as two registers of words, the
+        /// low and high bytes interleaved within each 128-bit lane (see wide_slot).
+        void words(__m512i idx, __m512i& w0, __m512i& w1) const noexcept {
+            const __m512i l = lookup_bytes(lo, idx), h = lookup_bytes(hi, idx);
+            w0 = _mm512_unpacklo_epi8(l, h);
+            w1 = _mm512_unpackhi_epi8(l, h);
+        }
+
+        /// 64 activations as the multiply-adds take them: bytes (narrow), or two registers of
+        /// 32 words (wide). Loaded once per step and shared by every row.
+        struct activations {
+            __m512i lo, hi;
+        };
+        static activations load(const std::int8_t* x) noexcept {
+            constexpr __mmask32 all16 = ~__mmask32{0};
+            if constexpr (narrow) {
+                return {_mm512_loadu_si512(x), _mm512_setzero_si512()};
+            } else {
+                return {_mm512_maskz_cvtepi8_epi16(all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
+                        _mm512_maskz_cvtepi8_epi16(all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)))};
+            }
+        }
+
+        /// lanes + the products of 64 byte codes' centroids with 64 activations, in int32 lanes.
+        __m512i dot64(__m512i lanes, __m512i idx, const activations& x) const noexcept {
+            constexpr __mmask64 all = ~__mmask64{0};
+            if constexpr (narrow) {
+                const __m512i w = Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx) : _mm512_maskz_permutexvar_epi8(all, idx, lut);
+                return _mm512_dpbusd_epi32(lanes, w, x.lo);
+            } else {
+                __m512i w0, w1;
+                words(idx, w0, w1);
+                lanes = _mm512_dpwssd_epi32(lanes, w0, x.lo);
+                return _mm512_dpwssd_epi32(lanes, w1, x.hi);
+            }
+        }
+    };
+
+    /// The pairwise sum of a register's lanes, s[i] + s[i+8], then +4, +2, +1: the one order
+    /// every VNNI kernel reduces in (constant shuffles keep the value in registers).
+    static float pairwise_sum(__m512 v) noexcept {
+        v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0xEE));
+        v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0x01));
+        v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x0E));
+        v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x01));
+        return _mm512_cvtss_f32(v);
+    }
+
+    /// dot_row_int8 on AVX-512 VNNI for R consecutive rows (codes row_bytes apart, norms
+    /// `blocks` apart) into y[0..R); block >= 64, a power of two. Straight from the packed
+    /// codes: the activations' loads and each block's bias are shared by the R rows, whose
+    /// R accumulators hide the multiply-add latency. A row's operations do not depend on R
+    /// (the integer block sums are exact, their scaling and the lane sum are the same), so
+    /// every R gives the same bits.
+    /// Block: the block size as a constant (the loops unroll, the scalar bookkeeping goes), or
+    /// 0 to take `block_size`.
+    template <int Bits, std::size_t R, std::size_t Block = 0>
+    static void dot_rows_vnni_decode(const std::uint8_t* codes, std::size_t row_bytes, const half* norms, std::size_t blocks,
+                                     std::size_t block_size, const vnni_table<Bits>& table_in, const std::int8_t* xq,
+                                     const float* xscale, const std::int32_t* xsum, float* y) {
+        using table = vnni_table<Bits>;
+        const std::size_t block = Block ? Block : block_size, block_bytes = block * Bits / 8;
+        const table tab = table_in;  // a local copy, kept in registers
+        const bool fused = fused_int8(Bits) && block % 128 == 0;  // else: unpack, natural order
+        __m512 acc[R];
+        // Block scales norm_b · xscale_b, 16 blocks at a time (F16C converts the norms).
+        alignas(64) float scales[R][16];
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < R; ++j) acc[j] = _mm512_setzero_ps();
+        for (std::size_t b = 0; b < blocks; ++b, xq += block) {
+            if (b % 16 == 0) {
+                const auto m = static_cast<__mmask16>(blocks - b >= 16 ? 0xFFFF : (1u << (blocks - b)) - 1);
+                const __m512 xs = _mm512_maskz_loadu_ps(m, xscale + b);
+                for (std::size_t j = 0; j < R; ++j)
+                    _mm512_store_ps(scales[j], _mm512_maskz_mul_ps(m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + j * blocks + b)), xs));
+            }
+            const __m512i init = table::narrow ? _mm512_maskz_set1_epi32(1, -128 * xsum[b]) : _mm512_setzero_si512();
+            __m512i lanes[R];
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
+            const std::uint8_t* c = codes + b * block_bytes;
+            // The same block of the next R rows, about R rows' time ahead: far enough to hide
+            // the memory latency that the hardware prefetcher leaves exposed at this compute
+            // per byte. (Prefetches never fault, past the last row too.)
+            for (std::size_t j = 0; j < R; ++j)
+                for (std::size_t l = 0; l < block_bytes; l += 64)
+                    prefetch(c, (R + j) * row_bytes + l);
+            if (fused) {
+                for (std::size_t p = 0; p < block / 128; ++p) {
+                    __m512i r0[R], r1[R];
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j) chunk_codes<Bits>(c + j * row_bytes, block, p, r0[j], r1[j]);
+                    const auto x0 = table::load(xq + 128 * p);
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r0[j], x0);
+                    const auto x1 = table::load(xq + 128 * p + 64);
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r1[j], x1);
+                }
+            } else if constexpr (Bits == 8) {  // the codes are bytes already
+                for (std::size_t p = 0; p < block; p += 64) {
+                    const auto x = table::load(xq + p);
+#pragma GCC unroll 4
+                    for (std::size_t j = 0; j < R; ++j)
+                        lanes[j] = tab.dot64(lanes[j], _mm512_loadu_si512(c + j * row_bytes + p), x);
+                }
+            } else {
+                alignas(64) std::uint8_t unpacked[R][1024];
+                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * row_bytes, block, unpacked[j]);
+                for (std::size_t p = 0; p < block; p += 64) {
+                    const auto x = table::load(xq + p);
+                    for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], _mm512_load_si512(unpacked[j] + p), x);
+                }
+            }
+#pragma GCC unroll 4
+            for (std::size_t j = 0; j < R; ++j)
+                acc[j] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes[j]), _mm512_set1_ps(scales[j][b % 16]), acc[j]);
+        }
+#pragma GCC unroll 4
+        for (std::size_t j = 0; j < R; ++j) y[j] = pairwise_sum(acc[j]);
+    }
+
     /// dot_row_int8 on AVX-512 VNNI (block >= 64, a power of two).
     template <int Bits>
     static float dot_row_vnni(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
                               const std::int16_t* table, const std::int8_t* xq, const float* xscale,
                               const std::int32_t* xsum) {
-        constexpr __mmask64 all = ~__mmask64{0};
-        constexpr __mmask32 all16 = ~__mmask32{0};
-        constexpr std::size_t levels = std::size_t{1} << Bits;
-        constexpr bool narrow = int_table_max<Bits> == 127;
-        const std::size_t block_bytes = block * Bits / 8;
-        const bool fused = fused_int8(Bits) && block % 128 == 0;  // else: unpack, natural order
-        __m512 acc = _mm512_setzero_ps();
-        // Block scales norm_b · xscale_b, 16 at a time (F16C converts the norms).
-        alignas(64) float scales[16];
-        auto load_scales = [&](std::size_t b) {
-            const auto m = static_cast<__mmask16>(blocks - b >= 16 ? 0xFFFF : (1u << (blocks - b)) - 1);
-            const __m512 n = _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + b));
-            _mm512_store_ps(scales, _mm512_maskz_mul_ps(m, n, _mm512_maskz_loadu_ps(m, xscale + b)));
-        };
-        // Narrow tables: biased by 128 to unsigned bytes, one byte-permute register (vpermb
-        // reads 6 index bits). Wide tables: int16 words, a pair of registers per 64 entries.
-        alignas(64) std::uint8_t biased[64] = {};
-        alignas(64) std::int16_t words[256] = {};
-        for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
-        std::copy_n(table, levels, words);
-        const __m512i lut = _mm512_load_si512(biased);
-        constexpr std::size_t pairs = narrow ? 1 : levels / 64;
-        __m512i t[2 * pairs];
-        for (std::size_t k = 0; k < 2 * pairs; ++k) t[k] = _mm512_load_si512(words + 32 * k);
-        // 32 word indices -> int16 centroids
-        auto lookup16 = [&](__m512i idx) {
-            __m512i w = _mm512_permutex2var_epi16(t[0], idx, t[1]);
-            if constexpr (pairs >= 2) {
-                const __mmask32 hi6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
-                w = _mm512_mask_blend_epi16(hi6, w, _mm512_permutex2var_epi16(t[2], idx, t[3]));
-                if constexpr (pairs == 4) {
-                    const __m512i w2 = _mm512_mask_blend_epi16(hi6, _mm512_permutex2var_epi16(t[4], idx, t[5]),
-                                                               _mm512_permutex2var_epi16(t[6], idx, t[7]));
-                    w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(128)), w, w2);
-                }
-            }
-            return w;
-        };
-        // 64 byte codes against 64 int8 activations, into int32 lanes
-        auto dot64 = [&](__m512i lanes, __m512i idx, const std::int8_t* x) {
-            if constexpr (narrow) {
-                const __m512i w = Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx) : _mm512_maskz_permutexvar_epi8(all, idx, lut);
-                return _mm512_dpbusd_epi32(lanes, w, _mm512_loadu_si512(x));
-            } else {
-                for (int h = 0; h < 2; ++h) {
-                    const __m512i i16 = _mm512_maskz_cvtepu8_epi16(all16, h ? _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 1)
-                                                                            : _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 0));
-                    const __m512i x16 = _mm512_maskz_cvtepi8_epi16(
-                        all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * h)));
-                    lanes = _mm512_dpwssd_epi32(lanes, lookup16(i16), x16);
-                }
-                return lanes;
-            }
-        };
-        alignas(64) std::uint8_t unpacked[1024];
-        for (std::size_t b = 0; b < blocks; ++b, codes += block_bytes, xq += block) {
-            if (b % 16 == 0) load_scales(b);
-            __m512i lanes = narrow ? _mm512_maskz_set1_epi32(1, -128 * xsum[b]) : _mm512_setzero_si512();
-            if (fused) {
-                for (std::size_t p = 0; p < block / 128; ++p) {
-                    __m512i r0, r1;
-                    chunk_codes<Bits>(codes, block, p, r0, r1);
-                    lanes = dot64(lanes, r0, xq + 128 * p);
-                    lanes = dot64(lanes, r1, xq + 128 * p + 64);
-                }
-            } else {
-                unpack<Bits>(codes, block, unpacked);
-                for (std::size_t p = 0; p < block; p += 64) lanes = dot64(lanes, _mm512_load_si512(unpacked + p), xq + p);
-            }
-            acc = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes), _mm512_set1_ps(scales[b % 16]), acc);
-        }
-        (void)all;
-        (void)all16;
-        alignas(64) float sums[16];  // pairwise sum of the lanes (no 256-bit extracts: GCC bug 105593)
-        _mm512_store_ps(sums, acc);
-        for (std::size_t h = 8; h > 0; h /= 2)
-            for (std::size_t i = 0; i < h; ++i) sums[i] += sums[i + h];
-        return sums[0];
+        float y;
+        dot_rows_vnni_decode<Bits, 1>(codes, 0, norms, blocks, block, vnni_table<Bits>(table), xq, xscale, xsum, &y);
+        return y;
     }
 
     /// dot_rows_int8 on AVX-512 VNNI (block >= 64, a power of two). The operands are the bytes
-    /// (narrow tables: biased centroids) or words (wide tables) dot_row_vnni feeds its
+    /// (narrow tables: biased centroids) or words (wide tables) dot_rows_vnni_decode feeds its
     /// multiply-adds, in the same order and lanes, so the integer lanes, their scaling and the
     /// final pairwise lane sum are the same operations: the results are bit-identical.
     template <int Bits>
@@ -815,44 +1124,22 @@ private:
                               const std::int32_t* xsum, std::size_t n, float* y, std::size_t ldy) {
         constexpr __mmask64 all = ~__mmask64{0};
         constexpr __mmask32 all16 = ~__mmask32{0};
-        constexpr std::size_t levels = std::size_t{1} << Bits;
         constexpr bool narrow = int_table_max<Bits> == 127;
         constexpr std::size_t R = 4, T = 3;  // vnni_tile's rows and tokens
         using elem = std::conditional_t<narrow, std::uint8_t, std::int16_t>;
         const std::size_t block_bytes = block * Bits / 8, len = blocks * block;
         const bool fused = fused_int8(Bits) && block % 128 == 0;
-        // The tables, as dot_row_vnni sets them up.
-        alignas(64) std::uint8_t biased[64] = {};
-        alignas(64) std::int16_t words[256] = {};
-        for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
-        std::copy_n(table, levels, words);
-        const __m512i lut = _mm512_load_si512(biased);
-        constexpr std::size_t pairs = narrow ? 1 : levels / 64;
-        __m512i t16[2 * pairs];
-        for (std::size_t k = 0; k < 2 * pairs; ++k) t16[k] = _mm512_load_si512(words + 32 * k);
-        auto lookup16 = [&](__m512i idx) {
-            __m512i w = _mm512_permutex2var_epi16(t16[0], idx, t16[1]);
-            if constexpr (pairs >= 2) {
-                const __mmask32 hi6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
-                w = _mm512_mask_blend_epi16(hi6, w, _mm512_permutex2var_epi16(t16[2], idx, t16[3]));
-                if constexpr (pairs == 4) {
-                    const __m512i w2 = _mm512_mask_blend_epi16(hi6, _mm512_permutex2var_epi16(t16[4], idx, t16[5]),
-                                                               _mm512_permutex2var_epi16(t16[6], idx, t16[7]));
-                    w = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(idx, _mm512_set1_epi16(128)), w, w2);
-                }
-            }
-            return w;
-        };
+        const vnni_table<Bits> tab(table);  // the tables dot_rows_vnni_decode looks up
         // 64 byte codes -> the multiplier operand of the 64 activations they meet
         auto put64 = [&](__m512i idx, elem* dst) {
             if constexpr (narrow) {
-                _mm512_storeu_si512(dst, Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx)
-                                                   : _mm512_maskz_permutexvar_epi8(all, idx, lut));
+                _mm512_storeu_si512(dst, Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, tab.lut, idx)
+                                                   : _mm512_maskz_permutexvar_epi8(all, idx, tab.lut));
             } else {
-                _mm512_storeu_si512(dst, lookup16(_mm512_maskz_cvtepu8_epi16(
-                                             all16, _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 0))));
-                _mm512_storeu_si512(dst + 32, lookup16(_mm512_maskz_cvtepu8_epi16(
-                                                  all16, _mm512_mask_extracti64x4_epi64(_mm256_setzero_si256(), 0xFF, idx, 1))));
+                __m512i w0, w1;
+                tab.words(idx, w0, w1);
+                _mm512_storeu_si512(dst, w0);
+                _mm512_storeu_si512(dst + 32, w1);
             }
         };
         std::vector<elem> w(R * len);
@@ -916,7 +1203,7 @@ private:
                 st[t] = xscale + i * blocks;
                 sum[t] = xsum + i * blocks;
             }
-            // The block scales as dot_row_vnni forms them (one float product each), laid out
+            // The block scales as dot_rows_vnni_decode forms them (one float product each), laid out
             // for broadcasts straight from memory.
             for (std::size_t b = 0; b < blocks; ++b)
                 for (std::size_t t = 0; t < T; ++t)
@@ -950,20 +1237,11 @@ private:
                     }
                 }
             }
-            // The pairwise lane sum of dot_row_vnni (s[i] + s[i+8], then +4, +2, +1), lane-wise;
-            // constant indices keep acc in registers.
             float res[R][T];
 #pragma GCC unroll 4
             for (std::size_t j = 0; j < R; ++j)
 #pragma GCC unroll 4
-                for (std::size_t t = 0; t < T; ++t) {
-                    __m512 v = acc[j][t];
-                    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0xEE));
-                    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, 0x01));
-                    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x0E));
-                    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(0xFFFF, v, 0x01));
-                    res[j][t] = _mm512_cvtss_f32(v);
-                }
+                for (std::size_t t = 0; t < T; ++t) res[j][t] = pairwise_sum(acc[j][t]);
             for (std::size_t j = 0; j < m; ++j)
                 for (std::size_t t = 0; t < nt; ++t) y[(i0 + t) * ldy + j] = res[j][t];
         }
