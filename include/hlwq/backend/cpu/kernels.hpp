@@ -1081,13 +1081,6 @@ private:
 #pragma GCC unroll 4
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r1[j], x1);
                 }
-            } else if constexpr (Bits == 8) {  // the codes are bytes already
-                for (std::size_t p = 0; p < block; p += 64) {
-                    const auto x = table::load(xq + p);
-#pragma GCC unroll 4
-                    for (std::size_t j = 0; j < R; ++j)
-                        lanes[j] = tab.dot64(lanes[j], _mm512_loadu_si512(c + j * row_bytes + p), x);
-                }
             } else {
                 alignas(64) std::uint8_t unpacked[R][1024];
                 for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * row_bytes, block, unpacked[j]);
