@@ -591,10 +591,10 @@ void check_shards(const fs::path& out, const fs::path& one, std::uint64_t max) {
             CHECK((a.data.size() == b->data.size() && std::memcmp(a.data.data(), b->data.data(), a.data.size()) == 0));
         }
         shards.emplace_back(groups.begin(), groups.end());
-        for (const auto& [p, bytes] : groups) {
+        for (const auto& g : groups) {
             // A quantized parameter's .codes and .norms are in one shard.
-            CHECK_MESSAGE(!shard_of_parameter.contains(p), p << " is split over two shards");
-            shard_of_parameter[p] = f;
+            CHECK_MESSAGE(!shard_of_parameter.contains(g.first), g.first << " is split over two shards");
+            shard_of_parameter[g.first] = f;
         }
     }
     CHECK(stored == single.size());
@@ -708,7 +708,9 @@ TEST_CASE("hlwq-quantize --max-shard-size: bad sizes are usage errors") {
         {"--max-shard-size 99999999999TB", "too large"},
         {"--max-shard-size=", "no number"},
         {"--max-shard-size", "--max-shard-size needs a value"}};
-    for (const auto& [args, message] : bad) {
+    for (const auto& item : bad) {
+        const std::string& args = item.first;  // (clang 14 cannot capture a structured binding)
+        const std::string& message = item.second;
         CAPTURE(args);
         const auto r = run(io + args, d);
         CHECK(r.rc == 2);

@@ -80,7 +80,9 @@ TEST_CASE("parse_shard_size: bad sizes name the text and what is wrong") {
         {"18446744073709551615.5KB", "too large"},
         {"16777216TiB", "too large"},
         {"18446744073709552KB", "too large"}};
-    for (const auto& [text, why] : bad) {
+    for (const auto& item : bad) {
+        const std::string& text = item.first;  // (clang 14 cannot capture a structured binding)
+        const std::string& why = item.second;
         CAPTURE(text);
         const std::string e = error_of(text);
         CHECK(e.find("shard size '" + text + "': ") == 0);
