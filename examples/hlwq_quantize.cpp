@@ -6,6 +6,7 @@
 //   hlwq-quantize IN_DIR OUT_DIR --bits 4
 //   hlwq-quantize IN_DIR OUT_DIR --recipe PQ2-Mixed --json report.json
 //   hlwq-quantize POLAR_DIR OUT_DIR --to-hlwq
+//   hlwq-quantize IN_DIR OUT_DIR --recipe PQ4-E8 --max-shard-size 5GB
 //
 // Streaming: one tensor is read from the memory-mapped input, quantized (multithreaded),
 // checked (NMSE) and written through a safetensors_writer; its input pages are then dropped
@@ -16,6 +17,7 @@
 #include <hlwq/codebook.hpp>
 #include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/io/safetensors.hpp>
+#include <hlwq/io/shards.hpp>
 #include <hlwq/quantize.hpp>
 
 #include <nlohmann/json.hpp>
@@ -66,6 +68,9 @@ constexpr const char* kUsage =
     "  --include-vision   also quantize vision/audio towers\n"
     "  --threads N        worker threads, 0 = all cores           (default 0)\n"
     "  --json FILE        also write the report as JSON\n"
+    "  --max-shard-size S write shards of at most S bytes of tensor data each (Output,\n"
+    "                     below), S as transformers' max_shard_size: 500MB, 5GB (powers\n"
+    "                     of 1000), 500MiB, 5GiB (powers of 1024), or bytes\n"
     "  --force            replace OUT_DIR if it exists\n"
     "  --to-hlwq          IN_DIR is a PolarQuant folder (polar_config.json): convert it\n"
     "                     without re-quantizing (same codes, repacked)\n"
@@ -102,9 +107,14 @@ constexpr const char* kUsage =
     "\n"
     "Output: the same shard files as the input (one model.safetensors, or the input's shard\n"
     "names plus model.safetensors.index.json), holding <name>.codes / <name>.norms for each\n"
-    "quantized tensor and every other tensor unchanged; config.json gains quantization_config;\n"
-    "every other file of IN_DIR up to 256 MiB is copied (tokenizer, chat template, processor,\n"
-    "generation config, ...), except weights in other formats (.bin .pt .pth .gguf ...).\n"
+    "quantized tensor and every other tensor unchanged. With --max-shard-size S, shards as\n"
+    "transformers writes them instead: model-00001-of-0000N.safetensors ... plus the index,\n"
+    "tensors in name order, a new shard begun when the next tensor would take the current\n"
+    "one's data over S (the file adds its header, a few kB); the .codes and .norms of one\n"
+    "tensor stay together; a tensor larger than S gets a shard of its own; a single shard is\n"
+    "written as model.safetensors. config.json gains quantization_config; every other file\n"
+    "of IN_DIR up to 256 MiB is copied (tokenizer, chat template, processor, generation\n"
+    "config, ...), except weights in other formats (.bin .pt .pth .gguf ...).\n"
     "Written as OUT_DIR.tmp-<pid>, renamed at the end. Progress on stderr (a bar on a\n"
     "terminal), the report on stdout.\n"
     "\n"
@@ -129,6 +139,7 @@ struct options {
     std::string json_file{};
     bool force = false;
     bool to_hlwq = false;
+    std::optional<std::uint64_t> max_shard_bytes = std::nullopt;  // --max-shard-size; none = the input's shards
 };
 
 template <class T>
@@ -180,6 +191,12 @@ std::optional<options> parse_args(int argc, char** argv) {
         } else if (flag == "--json") {
             o.json_file = std::string(next());
             if (o.json_file.empty()) throw usage_error{"--json needs a file name"};
+        } else if (flag == "--max-shard-size") {
+            try {
+                o.max_shard_bytes = hlwq::io::parse_shard_size(next());
+            } catch (const std::invalid_argument& e) {
+                throw usage_error{"--max-shard-size: " + std::string(e.what())};
+            }
         } else if (flag == "--force") {
             no_value();
             o.force = true;
@@ -492,12 +509,34 @@ struct tensor_plan {
     int bits = 0;               // 0 = kept
     std::string reason{};       // why kept / which rule
     std::vector<std::int64_t> shape{};
+    hlwq::io::dtype type = hlwq::io::dtype::f32;  // of a kept tensor
+    std::vector<float> own_centroids{};           // --to-hlwq: PolarQuant centroids that are not Lloyd-Max's
     std::uint64_t in_bytes = 0; // bytes read from the input
     std::uint64_t weights = 0;  // elements
 };
 
+/// The tensors written for `t`: itself when kept, else its .codes and .norms (and .centroids).
+std::vector<hlwq::io::tensor_spec> stored_specs(const tensor_plan& t) {
+    if (t.bits == 0) return {{t.name, t.type, t.shape}};
+    std::vector<hlwq::io::tensor_spec> specs = hlwq::io::quantized_tensor_specs(t.name, t.shape, t.bits, 128);
+    if (!t.own_centroids.empty())
+        specs.push_back({t.name + ".centroids", hlwq::io::dtype::f32, {static_cast<std::int64_t>(t.own_centroids.size())}});
+    return specs;
+}
+
+/// Bytes of tensor data written for `t` (what a shard's size counts).
+std::uint64_t stored_bytes(const tensor_plan& t) {
+    std::uint64_t total = 0;
+    for (const hlwq::io::tensor_spec& s : stored_specs(t)) {
+        std::uint64_t b = hlwq::io::dtype_size(s.type);
+        for (std::int64_t d : s.shape) b *= static_cast<std::uint64_t>(d);
+        total += b;
+    }
+    return total;
+}
+
 struct shard_plan {
-    std::string file{};  // output (= input) file name
+    std::string file{};  // output file name
     std::vector<tensor_plan> tensors{};
 };
 
@@ -558,15 +597,13 @@ int run(const options& o) {
         throw fatal(o.in.string() + ": config.json already has a quantization_config (an already quantized model)");
     const json& config = ck.config();
     const safetensors_model& model = ck.tensors();
-    const bool sharded = fs::exists(o.in / "model.safetensors.index.json", ec);
 
-    // Plan: every output shard's tensors, known from the headers alone.
-    std::map<std::string, std::size_t> shard_of;  // stored name -> shard index
-    std::vector<shard_plan> shards;
-    for (const safetensors_file& f : model.shards()) {
-        shards.push_back({f.path().filename().string(), {}});
-        for (std::string_view n : f.names()) shard_of.emplace(std::string(n), shards.size() - 1);
-    }
+    // Plan: every tensor, in name order, known from the headers alone.
+    std::map<std::string, std::size_t> input_shard_of;  // stored name -> input shard index
+    for (std::size_t i = 0; i < model.shards().size(); ++i)
+        for (std::string_view n : model.shards()[i].names()) input_shard_of.emplace(std::string(n), i);
+    std::vector<tensor_plan> plans;
+    std::vector<std::size_t> plan_input_shard;
     std::uint64_t in_bytes = 0, total_weights = 0;
     for (const safetensors_file& f : model.shards()) in_bytes += fs::file_size(f.path());
     for (const std::string& name : ck.names()) {
@@ -580,8 +617,18 @@ int run(const options& o) {
             t.bits = ck.bits(name);
             stored = name.substr(0, name.size() - 7) + ".codes";
             t.in_bytes = model.view(stored).data.size();
+            // Centroids that are not the Lloyd-Max table (beyond float rounding) are stored with
+            // the tensor. Converted to read them, released: one tensor in memory at a time.
+            const auto v = ck.quantized(name);
+            const auto lm = hlwq::lloyd_max_view(t.bits).centroids;
+            double worst = 0;
+            for (std::size_t i = 0; i < lm.size(); ++i)
+                worst = std::max(worst, std::abs(static_cast<double>(v.centroids[i]) - lm[i]) / std::max(1.0, std::abs(static_cast<double>(lm[i]))));
+            if (worst > 1e-5) t.own_centroids.assign(v.centroids.begin(), v.centroids.end());
+            ck.release(name);
         } else {
             const tensor_view v = model.view(name);
+            t.type = v.type;
             t.in_bytes = v.data.size();
             if (!o.to_hlwq) {
                 // An embedding is quantized only when a rule's regex matches its name: the
@@ -595,7 +642,28 @@ int run(const options& o) {
             }
         }
         total_weights += t.weights;
-        shards[shard_of.at(stored)].tensors.push_back(std::move(t));
+        plans.push_back(std::move(t));
+        plan_input_shard.push_back(input_shard_of.at(stored));
+    }
+
+    // Output shards: the input's, or transformers' split under --max-shard-size (a tensor's
+    // .codes and .norms are one unit of the split).
+    std::vector<shard_plan> shards;
+    bool sharded = false;  // write an index
+    if (o.max_shard_bytes) {
+        std::vector<std::uint64_t> bytes;
+        for (const tensor_plan& t : plans) bytes.push_back(stored_bytes(t));
+        std::vector<std::vector<std::size_t>> split = split_into_shards(bytes, *o.max_shard_bytes);
+        if (split.empty()) split.emplace_back();  // no tensors: one empty file
+        sharded = split.size() > 1;
+        for (std::size_t i = 0; i < split.size(); ++i) {
+            shards.push_back({sharded ? shard_file_name(i, split.size()) : "model.safetensors", {}});
+            for (std::size_t k : split[i]) shards.back().tensors.push_back(std::move(plans[k]));
+        }
+    } else {
+        sharded = fs::exists(o.in / shard_index_name, ec);
+        for (const safetensors_file& f : model.shards()) shards.push_back({f.path().filename().string(), {}});
+        for (std::size_t k = 0; k < plans.size(); ++k) shards[plan_input_shard[k]].tensors.push_back(std::move(plans[k]));
     }
     std::size_t total_tensors = 0;
     for (const shard_plan& s : shards) total_tensors += s.tensors.size();
@@ -616,37 +684,16 @@ int run(const options& o) {
     std::map<int, std::pair<std::size_t, std::uint64_t>> per_bits;  // bits -> tensors, weights
     std::size_t kept = 0;
     std::uint64_t kept_bytes = 0, quantized_weights = 0;
-    json weight_map = json::object();
-    std::uint64_t out_bytes = 0;
+    std::map<std::string, std::string> weight_map;    // stored tensor -> shard file
+    std::uint64_t out_bytes = 0, total_size = 0;      // file bytes; tensor data bytes (the index's total_size)
     progress bar(total_tensors, in_bytes);
 
     for (const shard_plan& s : shards) {
         std::vector<tensor_spec> specs;
         for (const tensor_plan& t : s.tensors) {
-            if (t.bits == 0) {
-                const tensor_view v = model.view(t.name);
-                specs.push_back({t.name, v.type, t.shape});
-            } else {
-                for (tensor_spec& x : quantized_tensor_specs(t.name, t.shape, t.bits, 128)) specs.push_back(std::move(x));
-            }
+            for (tensor_spec& x : stored_specs(t)) specs.push_back(std::move(x));
+            total_size += stored_bytes(t);
         }
-        // PolarQuant centroids that are not the Lloyd-Max table (beyond float rounding) are
-        // stored with the tensor.
-        std::map<std::string, std::vector<float>> own_centroids;
-        if (o.to_hlwq)
-            for (const tensor_plan& t : s.tensors) {
-                if (t.bits == 0) continue;
-                const auto v = ck.quantized(t.name);
-                const auto lm = hlwq::lloyd_max_view(t.bits).centroids;
-                double worst = 0;
-                for (std::size_t i = 0; i < lm.size(); ++i)
-                    worst = std::max(worst, std::abs(static_cast<double>(v.centroids[i]) - lm[i]) / std::max(1.0, std::abs(static_cast<double>(lm[i]))));
-                if (worst > 1e-5) {
-                    own_centroids[t.name].assign(v.centroids.begin(), v.centroids.end());
-                    specs.push_back({t.name + ".centroids", dtype::f32, {static_cast<std::int64_t>(lm.size())}});
-                }
-                ck.release(t.name);  // converted again when written: one tensor in memory at a time
-            }
         for (const tensor_spec& sp : specs) weight_map[sp.name] = s.file;
 
         safetensors_writer writer(tmp.path / s.file, specs, {{"format", "pt"}});
@@ -663,9 +710,8 @@ int run(const options& o) {
             } else if (o.to_hlwq) {
                 const auto v = ck.quantized(t.name);
                 write_quantized(writer, t.name, v);
-                if (const auto it = own_centroids.find(t.name); it != own_centroids.end())
-                    writer.write(t.name + ".centroids", std::span<const float>(it->second));
-                qc.tensors[t.name] = {t.shape, t.bits, own_centroids.count(t.name) ? t.name + ".centroids" : ""};
+                if (!t.own_centroids.empty()) writer.write(t.name + ".centroids", std::span<const float>(t.own_centroids));
+                qc.tensors[t.name] = {t.shape, t.bits, t.own_centroids.empty() ? "" : t.name + ".centroids"};
                 report.push_back({t.name, t.bits, t.shape, std::nullopt});
                 what = "PQ" + std::to_string(t.bits) + " (repacked)";
             } else {
@@ -701,9 +747,7 @@ int run(const options& o) {
     if (total_tensors == 0) bar.done("(no tensors)", 0, "");
 
     // Index, config, other files.
-    if (sharded)
-        write_text(tmp.path / "model.safetensors.index.json",
-                   json{{"metadata", {{"total_size", out_bytes}}}, {"weight_map", weight_map}}.dump(2) + "\n");
+    if (sharded) write_text(tmp.path / shard_index_name, shard_index(weight_map, total_size).dump(2) + "\n");
     json cfg = config;
     cfg.erase("quantization_config");
     cfg = with_quantization_config(cfg, qc);
@@ -712,8 +756,9 @@ int run(const options& o) {
     std::vector<std::string> not_copied;
     for (const fs::directory_entry& e : fs::directory_iterator(o.in)) {
         const std::string fname = e.path().filename().string();
-        if (fname == "config.json" || fname == "model.safetensors.index.json" ||
-            std::any_of(shards.begin(), shards.end(), [&](const shard_plan& s) { return s.file == fname; }))
+        if (fname == "config.json" || fname == shard_index_name ||
+            std::any_of(model.shards().begin(), model.shards().end(),
+                        [&](const safetensors_file& f) { return f.path().filename() == fname; }))
             continue;
         if (o.to_hlwq && fname == "polar_config.json") continue;
         if (!e.is_regular_file()) {

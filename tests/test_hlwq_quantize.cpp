@@ -2,6 +2,7 @@
 // small model folders written here. HLWQ_QUANTIZE_EXE is the program's path;
 // HLWQ_REAL_MODEL_DIR, when defined, a real Hugging Face folder to convert.
 #include <hlwq/io/hlwq_format.hpp>
+#include <hlwq/io/shards.hpp>
 
 #include <doctest/doctest.h>
 
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -72,6 +74,22 @@ bool no_temp_left(const fs::path& out) {
     for (const auto& e : fs::directory_iterator(out.parent_path()))
         if (e.path().filename().string().starts_with(out.filename().string() + ".tmp-")) return false;
     return true;
+}
+
+/// Bytes of tensor data in a safetensors file (what transformers' total_size counts).
+std::uint64_t data_bytes(const fs::path& file) {
+    const safetensors_file f = safetensors_file::open(file);
+    std::uint64_t n = 0;
+    for (const auto& e : f.buffer().entries()) n += e.end - e.begin;
+    return n;
+}
+
+/// The .safetensors files of a folder, by name.
+std::set<std::string> safetensors_files(const fs::path& dir) {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir))
+        if (e.path().extension() == ".safetensors") out.insert(e.path().filename().string());
+    return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -325,8 +343,9 @@ TEST_CASE("hlwq-quantize: sharded input gives sharded output with an index; --in
     CHECK(idx["weight_map"]["model.layers.0.self_attn.k_proj.weight.norms"] ==
           in_idx["weight_map"]["model.layers.0.self_attn.k_proj.weight"]);
     CHECK(idx["weight_map"]["model.norm.weight"] == in_idx["weight_map"]["model.norm.weight"]);
-    CHECK(idx["metadata"]["total_size"] == fs::file_size(d / "out" / "model-00001-of-00002.safetensors") +
-                                               fs::file_size(d / "out" / "model-00002-of-00002.safetensors"));
+    // transformers' total_size: tensor data, headers not counted.
+    CHECK(idx["metadata"]["total_size"] == data_bytes(d / "out" / "model-00001-of-00002.safetensors") +
+                                               data_bytes(d / "out" / "model-00002-of-00002.safetensors"));
     check_output(d / "out", d / "in", m, [](const fake_tensor& t) {
         // embed_vision is then an embedding, kept without a rule naming it.
         return t.expect_bits ? 3 : t.name.find("vision_tower") != std::string::npos ? 3 : 0;
@@ -514,6 +533,192 @@ TEST_CASE("hlwq-quantize: usage") {
     CHECK(run("a b --bits", d).rc == 2);
     CHECK(run("a b --recipe nosuch", d).rc == 2);
     CHECK(run("a b --to-hlwq --bits 4", d).rc == 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// --max-shard-size: shards as transformers' save_pretrained(max_shard_size=...) writes them.
+// ---------------------------------------------------------------------------------------
+namespace {
+
+/// The parameter a stored tensor belongs to (`<name>.codes` / `.norms` / `.centroids` -> name).
+std::string parameter_of(const std::string& stored, const checkpoint& c) {
+    for (const char* suffix : {".codes", ".norms", ".centroids"})
+        if (stored.ends_with(suffix)) {
+            const std::string p = stored.substr(0, stored.size() - std::strlen(suffix));
+            if (c.contains(p) && c.is_quantized(p)) return p;
+        }
+    return stored;
+}
+
+/// Checks the sharded folder `out` against transformers' rule for `max` bytes a shard and
+/// against `one`, the same conversion in a single file: same stored tensors, byte for byte.
+void check_shards(const fs::path& out, const fs::path& one, std::uint64_t max) {
+    const json idx = json::parse(slurp(out / "model.safetensors.index.json"));
+    const std::set<std::string> files = safetensors_files(out);
+    const std::size_t n = files.size();
+    REQUIRE(n >= 2);
+    CHECK_FALSE(fs::exists(out / "model.safetensors"));
+    for (std::size_t i = 0; i < n; ++i) {
+        char name[64];
+        std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+        CHECK_MESSAGE(files.contains(name), name);
+    }
+    const checkpoint c = checkpoint::open(out);
+    const safetensors_file single = safetensors_file::open(one / "model.safetensors");
+
+    // The index: every stored tensor, in the shard that holds it; total_size = tensor data.
+    std::uint64_t total = 0;
+    std::size_t stored = 0;
+    std::map<std::string, std::string> shard_of_parameter;
+    // Parameters in the order of the shards' files, as lists of groups (parameter, bytes).
+    std::vector<std::vector<std::pair<std::string, std::uint64_t>>> shards;
+    for (const std::string& f : files) {
+        CAPTURE(f);
+        const safetensors_file sf = safetensors_file::open(out / f);
+        CHECK(sf.metadata() == std::map<std::string, std::string>{{"format", "pt"}});
+        std::map<std::string, std::uint64_t> groups;
+        for (const auto& e : sf.buffer().entries()) {
+            CHECK(idx["weight_map"][e.name] == f);
+            ++stored;
+            total += e.end - e.begin;
+            groups[parameter_of(e.name, c)] += e.end - e.begin;
+            // The same tensor as in the single file.
+            const auto a = sf.view(e.name);
+            const auto b = single.find(e.name);
+            REQUIRE_MESSAGE(b, e.name);
+            CHECK(a.type == b->type);
+            CHECK(std::equal(a.shape.begin(), a.shape.end(), b->shape.begin(), b->shape.end()));
+            CHECK((a.data.size() == b->data.size() && std::memcmp(a.data.data(), b->data.data(), a.data.size()) == 0));
+        }
+        shards.emplace_back(groups.begin(), groups.end());
+        for (const auto& g : groups) {
+            // A quantized parameter's .codes and .norms are in one shard.
+            CHECK_MESSAGE(!shard_of_parameter.contains(g.first), g.first << " is split over two shards");
+            shard_of_parameter[g.first] = f;
+        }
+    }
+    CHECK(stored == single.size());
+    CHECK(idx["weight_map"].size() == stored);
+    CHECK(idx["metadata"]["total_size"] == total);
+    CHECK(idx["metadata"].size() == 1);
+
+    // transformers' split, checked against its description: a shard over `max` holds one
+    // parameter larger than `max`; the other shards hold the remaining parameters in name
+    // order, and each was begun because the next parameter did not fit in the one before.
+    std::vector<std::string> regular_order, expected_order;
+    const std::vector<std::pair<std::string, std::uint64_t>>* previous = nullptr;
+    std::uint64_t previous_bytes = 0;
+    for (const auto& shard : shards) {
+        std::uint64_t bytes = 0;
+        for (const auto& g : shard) bytes += g.second;
+        if (shard.size() == 1 && bytes > max) continue;  // a parameter alone, larger than max
+        CHECK(bytes <= max);
+        if (previous) CHECK(previous_bytes + shard.front().second > max);
+        for (const auto& g : shard) regular_order.push_back(g.first);
+        previous = &shard;
+        previous_bytes = bytes;
+    }
+    for (const std::string& p : c.names()) {
+        std::uint64_t bytes = 0;
+        for (const auto& shard : shards)
+            for (const auto& g : shard)
+                if (g.first == p) bytes = g.second;
+        if (bytes <= max) expected_order.push_back(p);
+    }
+    CHECK(regular_order == expected_order);
+}
+
+}  // namespace
+
+TEST_CASE("hlwq-quantize --max-shard-size: transformers' shards and index, a parameter in one shard, same tensors") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in");
+    const std::string in = "'" + (d / "in").string() + "' ";
+    REQUIRE(run(in + "'" + (d / "one").string() + "' --recipe PQ2-Mixed", d).rc == 0);
+    // 50 KB: the two 64 KiB bf16 tensors kept (vision q_proj, experts.down_proj) are each
+    // larger, the quantized ones (17-35 kB) and the rest pack two or more to a shard.
+    const auto r = run(in + "'" + (d / "out").string() + "' --recipe PQ2-Mixed --max-shard-size 50KB", d);
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+    check_shards(d / "out", d / "one", 50'000);
+    check_output(d / "out", d / "in", m, [](const fake_tensor& t) { return t.expect_bits; });
+    CHECK(slurp(d / "out" / "config.json") == slurp(d / "one" / "config.json"));
+    bool alone = false;  // a kept tensor over 50 KB has a shard of its own
+    for (const std::string& f : safetensors_files(d / "out")) {
+        const safetensors_file sf = safetensors_file::open(d / "out" / f);
+        if (sf.names() == std::vector<std::string_view>{"model.vision_tower.encoder.layers.0.self_attn.q_proj.weight"}) alone = true;
+    }
+    CHECK(alone);
+
+    SUBCASE("the same size in bytes and in KiB gives the same files") {
+        for (const char* size : {"50000", "48.828125KiB", "0.00005GB"}) {
+            CAPTURE(size);
+            const auto b = run(in + "'" + (d / "bytes").string() + "' --recipe PQ2-Mixed --force --max-shard-size=" + size, d);
+            REQUIRE(b.rc == 0);
+            CHECK(safetensors_files(d / "bytes") == safetensors_files(d / "out"));
+            for (const std::string& f : safetensors_files(d / "out")) CHECK(slurp(d / "bytes" / f) == slurp(d / "out" / f));
+            CHECK(slurp(d / "bytes" / "model.safetensors.index.json") == slurp(d / "out" / "model.safetensors.index.json"));
+        }
+    }
+    SUBCASE("a sharded input is split anew; its shard files are not copied") {
+        m.write(d / "in2", 2);
+        const auto s = run("'" + (d / "in2").string() + "' '" + (d / "out2").string() + "' --recipe PQ2-Mixed --max-shard-size 50KB", d);
+        INFO(s.err);
+        REQUIRE(s.rc == 0);
+        CHECK(safetensors_files(d / "out2") == safetensors_files(d / "out"));
+        check_shards(d / "out2", d / "one", 50'000);
+        CHECK(s.err.find("not copied") == std::string::npos);
+    }
+    SUBCASE("a size that holds everything: one model.safetensors, no index") {
+        const auto one = run(in + "'" + (d / "big").string() + "' --recipe PQ2-Mixed --max-shard-size 5GB", d);
+        REQUIRE(one.rc == 0);
+        CHECK(safetensors_files(d / "big") == std::set<std::string>{"model.safetensors"});
+        CHECK_FALSE(fs::exists(d / "big" / "model.safetensors.index.json"));
+        CHECK(slurp(d / "big" / "model.safetensors") == slurp(d / "one" / "model.safetensors"));
+    }
+    SUBCASE("one byte: every parameter larger, each alone, in name order") {
+        const auto tiny = run(in + "'" + (d / "tiny").string() + "' --recipe PQ2-Mixed --max-shard-size 1", d);
+        REQUIRE(tiny.rc == 0);
+        check_shards(d / "tiny", d / "one", 1);
+        const checkpoint c = checkpoint::open(d / "tiny");
+        const std::vector<std::string> names = c.names();
+        CHECK(safetensors_files(d / "tiny").size() == names.size());
+        const json idx = json::parse(slurp(d / "tiny" / "model.safetensors.index.json"));
+        for (std::size_t i = 0; i < names.size(); ++i)
+            CHECK(idx["weight_map"][names[i] + (c.is_quantized(names[i]) ? ".codes" : "")] ==
+                  hlwq::io::shard_file_name(i, names.size()));
+    }
+}
+
+TEST_CASE("hlwq-quantize --max-shard-size: bad sizes are usage errors") {
+    temp_dir d;
+    const fake_model m;
+    m.write(d / "in");
+    const std::string io = "'" + (d / "in").string() + "' '" + (d / "out").string() + "' --bits 4 ";
+    const std::vector<std::pair<std::string, std::string>> bad{
+        {"--max-shard-size 0", "must be at least one byte"},
+        {"--max-shard-size 0MB", "must be at least one byte"},
+        {"--max-shard-size 5XB", "unknown unit 'XB'"},
+        {"--max-shard-size 5M", "unknown unit 'M'"},
+        {"--max-shard-size 5mb", "a lowercase b is ambiguous"},
+        {"--max-shard-size MB", "no number"},
+        {"--max-shard-size -5MB", "no number"},
+        {"--max-shard-size 1.5", "a number of bytes must be whole"},
+        {"--max-shard-size 99999999999TB", "too large"},
+        {"--max-shard-size=", "no number"},
+        {"--max-shard-size", "--max-shard-size needs a value"}};
+    for (const auto& item : bad) {
+        const std::string& args = item.first;  // (clang 14 cannot capture a structured binding)
+        const std::string& message = item.second;
+        CAPTURE(args);
+        const auto r = run(io + args, d);
+        CHECK(r.rc == 2);
+        CHECK(r.err.find(message) != std::string::npos);
+        if (args != "--max-shard-size") CHECK(r.err.find("--max-shard-size: shard size '") != std::string::npos);
+        CHECK_FALSE(fs::exists(d / "out"));
+    }
+    CHECK(run("--help", d).out.find("--max-shard-size") != std::string::npos);
 }
 
 // ---------------------------------------------------------------------------------------

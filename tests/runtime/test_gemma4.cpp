@@ -6,6 +6,7 @@
 
 #include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/io/safetensors.hpp>
+#include <hlwq/io/shards.hpp>
 #include <hlwq/quantize.hpp>
 
 #include <doctest/doctest.h>
@@ -21,6 +22,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <set>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -473,21 +475,27 @@ TEST_CASE("fixtures: quantized embeddings (embed_tokens, embed_tokens_per_layer)
 }
 
 // The model shipped in the repository (models/gemma4-gcide-tiny-hlwq-q4, README's main
-// command): its size limit, its recipe (linear layers PQ4, token embeddings PQ8, tied lm_head
-// on the embedding codes), and that it computes the dense model of its dequantized weights
-// (fp32 activations and cache: every product differs only in fp32 summation order, the 1e-4
-// argument above), prefilled and token by token. The ids are arbitrary in-vocabulary tokens.
-TEST_CASE("shipped model: under 16,000,000 bytes, PQ4 + PQ8 embeddings, computes its dequantized model") {
+// command): its size limits (16,000,000 bytes in all, and no file over the repository's
+// 8,000,000: the weights are in shards listed by the index), its recipe (linear layers PQ4,
+// token embeddings PQ8, tied lm_head on the embedding codes), and that it computes the dense
+// model of its dequantized weights (fp32 activations and cache: every product differs only in
+// fp32 summation order, the 1e-4 argument above), prefilled and token by token. The ids are
+// arbitrary in-vocabulary tokens.
+TEST_CASE("shipped model: under 16,000,000 bytes, no file over 8,000,000, PQ4 + PQ8 embeddings, computes its dequantized model") {
     const fs::path shipped = HLWQ_SHIPPED_MODEL;
     std::uintmax_t total = 0;
     for (const auto& e : fs::recursive_directory_iterator(shipped))
-        if (e.is_regular_file()) total += e.file_size();
+        if (e.is_regular_file()) {
+            total += e.file_size();
+            CHECK_MESSAGE(e.file_size() < 8'000'000, e.path() << ": " << e.file_size() << " bytes");
+        }
     MESSAGE(shipped << ": " << total << " bytes");
     CHECK(total < 16'000'000);
-    for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    for (const char* f : {"config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
                           "chat_template.jinja", "generation_config.json", "README.md"})
         CHECK_MESSAGE(fs::is_regular_file(shipped / f), f);
     const auto ck = hlwq::io::checkpoint::open(shipped);
+    CHECK(ck.tensors().shards().size() > 1);
     REQUIRE(ck.is_quantized("model.embed_tokens.weight"));
     CHECK(ck.bits("model.embed_tokens.weight") == 8);
     CHECK(ck.bits("model.layers.0.self_attn.q_proj.weight") == 4);
@@ -626,19 +634,31 @@ TEST_CASE("real model gemma4-gcide-tiny: HLWQ KV cache (kv_bits 2..4)") {
 // Quantization quality on a trained model (regression bounds, about 1.5x the measured
 // values: PQ8 ~0.01, PQ4 ~0.16 of max|logit|; a wrong code path gives errors of order 1).
 // The greedy agreement is printed; tiny models have near-ties, so it is not asserted.
-// The shipped model is exactly what its README's command makes from gemma4-gcide-tiny (a
-// change of the quantizer or the writer shows up here: rebuild the shipped folder), and its
+// The shipped model is exactly what its README's command makes from gemma4-gcide-tiny: every
+// shard and the index byte for byte (a change of the quantizer, the writer or the sharding
+// shows up here: rebuild the shipped folder), and its
 // logits stay within the PQ4 bound below (measured 0.16 of max|logit| with f32 and with int8
 // activations, as plain PQ4 with bf16 embeddings; printed).
 TEST_CASE("real model gemma4-gcide-tiny: the shipped PQ4-E8 model is hlwq-quantize --recipe PQ4-E8 of it") {
     const fs::path shipped = HLWQ_SHIPPED_MODEL;
     temp_dir dir("real_pq4e8");
-    const fs::path q = quantize(real_model, dir.path / "model", "--recipe PQ4-E8");
+    const fs::path q = quantize(real_model, dir.path / "model", "--recipe PQ4-E8 --max-shard-size 7MB");
     const auto slurp = [](const fs::path& p) {
         std::ifstream in(p, std::ios::binary);
         return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     };
-    CHECK(slurp(q / "model.safetensors") == slurp(shipped / "model.safetensors"));
+    const auto weight_files = [](const fs::path& d) {  // the shards and the index
+        std::set<std::string> names;
+        for (const auto& e : fs::directory_iterator(d)) {
+            const std::string n = e.path().filename().string();
+            if (n.ends_with(".safetensors") || n == hlwq::io::shard_index_name) names.insert(n);
+        }
+        return names;
+    };
+    const std::set<std::string> files = weight_files(shipped);
+    CHECK(files.contains(std::string(hlwq::io::shard_index_name)));
+    CHECK(weight_files(q) == files);
+    for (const std::string& f : files) CHECK_MESSAGE(slurp(q / f) == slurp(shipped / f), f);
     CHECK(nlohmann::json::parse(slurp(q / "config.json")) == nlohmann::json::parse(slurp(shipped / "config.json")));
     for (bool int8 : {false, true}) {
         auto m = load_gemma4(shipped, opts(0, 64, int8));
