@@ -2,12 +2,14 @@
 // Gemma 4 vision against transformers 5.17 (tests/fixtures/gemma4_vision, made by its
 // make_fixtures.py): the image preprocessing (gemma4_image.hpp) against the processor's pixel
 // values, the vision tower (gemma4_vision.hpp) and the text model with an image (gemma4.cpp)
-// against the reference outputs, logits and greedy tokens.
+// against the reference outputs, logits and greedy tokens; HLWQ codes in both against their
+// dequantized model.
 #include "gemma4.hpp"
 #include "gemma4_image.hpp"
 #include "gemma4_vision.hpp"
 #include "image.hpp"
 #include "program.hpp"
+#include "quantized_folder.hpp"
 
 #include <hlwq/io/safetensors.hpp>
 
@@ -23,6 +25,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unistd.h>
 #include <vector>
 
@@ -110,8 +113,8 @@ model_options opts(int kv_bits, std::size_t chunk) {
     return model_options{.threads = 2, .kv_bits = kv_bits, .int8_activations = false, .max_context = 0, .prefill_chunk = chunk};
 }
 
-std::unique_ptr<gemma4_lm> open_model(int kv_bits = 32, std::size_t chunk = 64) {
-    auto m = load_gemma4(dir, opts(kv_bits, chunk));
+std::unique_ptr<gemma4_lm> open_model(int kv_bits = 32, std::size_t chunk = 64, const fs::path& folder = dir) {
+    auto m = load_gemma4(folder, opts(kv_bits, chunk));
     auto* g = dynamic_cast<gemma4_lm*>(m.get());
     REQUIRE(g != nullptr);
     m.release();
@@ -294,6 +297,51 @@ TEST_CASE("the whole model from the reference pixels and end to end from image.p
         m2->forward(std::span<const std::int32_t>(&next, 1), last, false);
     }
     CHECK(got == greedy);
+}
+
+// The tower's and the text model's linear layers run through linear.hpp, so HLWQ codes work
+// there too (hlwq-quantize --include-vision). Quantized here by the library in blocks of 32
+// (quantized_folder.hpp): every 2-D linear weight of both whose width is a multiple of 32
+// (not the embeddings, embed_vision, the position table, or the per-layer projection of 8
+// columns). The products on the codes equal fp32 products on the dequantized weights up to
+// fp32 rounding (the activations' Hadamard rotation and the sums in another order: a few ulps
+// per product); ±1 ulp on every linear output moves this fixture's logits by 1.0e-6 of
+// max|logit| (make_fixtures.py), so the fp32 parity bound of 1e-4 leaves ~100 ulps per product,
+// while a wrong code, norm or rotation moves them by the quantization error itself (percents).
+// The error against transformers is the quantization's and is only reported.
+TEST_CASE("HLWQ weights in the tower and the text model compute their dequantized model") {
+    const auto quantize_it = [](std::string_view n, const hlwq::io::tensor_view& v) {
+        return v.shape.size() == 2 && n.ends_with(".weight") && n.find("embed") == std::string_view::npos &&
+               v.shape[1] % 32 == 0;
+    };
+    const gemma4_pixels px = reference_pixels("pixel_u8", "position_ids");
+    const linear_options lo{.threads = 2, .int8_activations = false};
+    for (const int bits : {8, 4}) {
+        CAPTURE(bits);
+        const fs::path base = fs::temp_directory_path() / ("hlwq_g4vision_q" + std::to_string(bits) + "_" + std::to_string(::getpid()));
+        fs::remove_all(base);
+        test::write_quantized_folder(dir, base / "codes", bits, false, quantize_it);
+        test::write_quantized_folder(dir, base / "dequantized", bits, true, quantize_it);
+        const auto vq = gemma4_vision::open(base / "codes", lo);
+        const auto vd = gemma4_vision::open(base / "dequantized", lo);
+        CHECK(vq->description().find("PQ" + std::to_string(bits)) != std::string::npos);
+        CHECK(vd->description().find("PQ") == std::string::npos);
+        const auto emb_q = vq->embed(vq->soft_tokens(px));
+        const double tower = rel_max(emb_q, vd->embed(vd->soft_tokens(px)));
+        const double tower_ref = rel_max(emb_q, floats("image_embeds"));
+        // The codes end to end from image.png (the folder's preprocessor_config.json), the
+        // dequantized model from the reference pixels (the same floats: preprocessing is exact).
+        auto q = open_model(32, 64, base / "codes");
+        auto d = open_model(32, 64, base / "dequantized");
+        const auto got = image_logits(*q, [&](gemma4_lm& g) { return g.queue_image(load_image(dir / "image.png")); });
+        const auto want = image_logits(*d, [&](gemma4_lm& g) { return g.queue_pixels(px); });
+        const double logits = rel_max(got, want), logits_ref = rel_max(got, floats("logits"));
+        MESSAGE("PQ" << bits << ": image embeddings codes vs dequantized " << tower << " (vs transformers " << tower_ref
+                     << "), logits " << logits << " (vs transformers " << logits_ref << ")");
+        CHECK(tower <= 1e-4);
+        CHECK(logits <= 1e-4);
+        fs::remove_all(base);
+    }
 }
 
 TEST_CASE("image tokens: clear errors, queue semantics, text-only models") {
