@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 packages=(
     build-essential cmake ninja-build clang
     libxsimd-dev xtl-dev libeigen3-dev doctest-dev libbenchmark-dev doxygen
-    nlohmann-json3-dev libclang-rt-14-dev libstb-dev
+    nlohmann-json3-dev libclang-rt-14-dev libstb-dev libwebp-dev
 )
 
 missing=()

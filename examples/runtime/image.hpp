@@ -28,10 +28,11 @@ struct image_limits {
     std::size_t max_file_bytes = std::size_t{256} << 20;
 };
 
-/// Decodes a PNG, JPEG, BMP or GIF (first frame) file (also TGA, PSD, PIC, PNM: whatever
-/// stb_image reads, except HDR). Grey becomes R = G = B; alpha is dropped, as PIL's
-/// `convert("RGB")` does; 16-bit channels keep their high byte. A JPEG's EXIF orientation is
-/// applied (PIL's `exif_transpose`).
+/// Decodes a PNG, JPEG, BMP, GIF (first frame) or WebP (lossy or lossless; an animation's first
+/// frame) file (also TGA, PSD, PIC, PNM: whatever stb_image reads, except HDR). Grey becomes
+/// R = G = B; alpha is dropped, as PIL's `convert("RGB")` does (the colour under it kept, not
+/// blended); 16-bit channels keep their high byte. A JPEG's EXIF orientation is applied (PIL's
+/// `exif_transpose`). WebP goes through libwebp, as in Pillow.
 /// @throws std::runtime_error naming the file for a missing, unreadable, truncated or
 ///   unsupported file and for an image beyond `limits` (checked before decoding).
 rgb_image load_image(const std::filesystem::path& path, const image_limits& limits = {});

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: MIT
-// load_image (examples/runtime/image.hpp): PNG/BMP/JPEG/GIF files the test writes itself
-// (stb_image_write, and GIF bytes by hand), grey/alpha conversion as PIL's convert("RGB"), EXIF
-// orientation as PIL's exif_transpose, and clear errors for missing, truncated, corrupt and
-// too-large files.
+// load_image (examples/runtime/image.hpp): PNG/BMP/JPEG/GIF/WebP files the test writes itself
+// (stb_image_write, libwebp's encoders and muxer, and GIF bytes by hand), grey/alpha conversion
+// as PIL's convert("RGB"), EXIF orientation as PIL's exif_transpose, and clear errors for
+// missing, truncated, corrupt and too-large files.
 #include "image.hpp"
 
 #include <doctest/doctest.h>
 #include <stb/stb_image_write.h>
+#include <webp/decode.h>
+#include <webp/encode.h>
+#include <webp/mux.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -216,5 +219,224 @@ TEST_CASE("errors name the file: missing, folder, empty, not an image, truncated
     write_bytes(dir / "bomb.png", bomb);
     CHECK(error_of([&] { load_image(dir / "bomb.png"); }).find("16384x16384 = 268435456 pixels, more than the limit") != std::string::npos);
     CHECK(error_of([&] { load_image(dir / "full.png", {.max_file_bytes = 10}); }).find("more than the limit of 10") != std::string::npos);
+    fs::remove_all(dir);
+}
+
+namespace {
+
+/// Bytes libwebp's encoders wrote (freed with WebPFree).
+std::vector<std::uint8_t> take_webp(std::uint8_t* out, std::size_t size) {
+    REQUIRE(size > 0);
+    std::vector<std::uint8_t> b(out, out + size);
+    WebPFree(out);
+    return b;
+}
+
+std::vector<std::uint8_t> webp_lossless(const std::vector<std::uint8_t>& px, int w, int h, int comp) {
+    std::uint8_t* out = nullptr;
+    const std::size_t n = comp == 4 ? WebPEncodeLosslessRGBA(px.data(), w, h, w * 4, &out) : WebPEncodeLosslessRGB(px.data(), w, h, w * 3, &out);
+    return take_webp(out, n);
+}
+
+/// What libwebp's simple decoder gives for the file (RGBA, non-premultiplied), for comparison.
+std::vector<std::uint8_t> libwebp_rgba(const std::vector<std::uint8_t>& file, int& w, int& h) {
+    std::uint8_t* d = WebPDecodeRGBA(file.data(), file.size(), &w, &h);
+    REQUIRE(d != nullptr);
+    std::vector<std::uint8_t> out(d, d + std::size_t(w) * std::size_t(h) * 4);
+    WebPFree(d);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("WebP lossless: RGB exact; RGBA's alpha dropped, not blended (PIL's convert(\"RGB\"))") {
+    const fs::path dir = scratch();
+    const int w = 37, h = 23;
+    for (const int comp : {3, 4}) {
+        CAPTURE(comp);
+        auto src = pattern(w, h, comp);
+        std::size_t transparent = 0, partial = 0;
+        if (comp == 4)
+            for (std::size_t i = 3; i < src.size(); i += 4) {
+                // The simple lossless API may rewrite the colour under alpha 0 ('exact' off);
+                // keep a few fully transparent pixels, compared with libwebp's own decode only.
+                if (src[i] < 8) src[i] = (i / 4) % 7 == 0 ? 0 : 8;
+                transparent += src[i] == 0;
+                partial += src[i] > 0 && src[i] < 255;
+            }
+        const auto file = webp_lossless(src, w, h, comp);
+        write_bytes(dir / "img.webp", file);
+        const rgb_image img = load_image(dir / "img.webp");
+        REQUIRE(img.width == std::size_t(w));
+        REQUIRE(img.height == std::size_t(h));
+        int dw = 0, dh = 0;
+        const auto lib = libwebp_rgba(file, dw, dh);
+        std::size_t bad_src = 0, bad_lib = 0;
+        for (std::size_t i = 0; i < std::size_t(w * h); ++i)
+            for (std::size_t c = 0; c < 3; ++c) {
+                bad_lib += img.pixels[i * 3 + c] != lib[i * 4 + c];
+                if (comp == 3 || src[i * 4 + 3] != 0) bad_src += img.pixels[i * 3 + c] != src[i * std::size_t(comp) + c];
+            }
+        CHECK(bad_src == 0);
+        CHECK(bad_lib == 0);
+        if (comp == 4) {
+            CHECK(transparent > 0);
+            CHECK(partial > 0);  // semi-transparent pixels keep their colour (not blended on black)
+        }
+    }
+    fs::remove_all(dir);
+}
+
+// Lossy WebP (VP8) at quality 100 on flat 16 x 16 blocks (the macroblock size): inside a block
+// (4 pixels from its edges: past the loop filter and the chroma upsampling's 2 x 2 neighbours)
+// only the colour conversion rounds. libwebp converts RGB to 8-bit BT.601 Y'CbCr and back:
+// ±0.5 on Y and on Cb/Cr moves B by up to 0.5 · (1.164 + 2.018) = 1.6 (R and G less), once on
+// the way in and once on the way out: 3.2; plus the DC quantizer's half step at quality 100
+// (2 of Y at most, 2.3 of RGB): 6 in all. And the decode equals libwebp's own exactly.
+TEST_CASE("WebP lossy: libwebp's own decode exactly, within the colour conversion's rounding of the source") {
+    const fs::path dir = scratch();
+    const int W = 64, H = 48;
+    std::vector<std::uint8_t> src(std::size_t(W * H * 3));
+    for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+            for (int c = 0; c < 3; ++c) {
+                const int block = (y / 16) * (W / 16) + x / 16;
+                src[std::size_t((y * W + x) * 3 + c)] = static_cast<std::uint8_t>((block * 53 + c * 97 + 20) % 216 + 20);
+            }
+    std::uint8_t* out = nullptr;
+    const auto file = take_webp(out, WebPEncodeRGB(src.data(), W, H, W * 3, 100.0f, &out));
+    write_bytes(dir / "lossy.webp", file);
+    const rgb_image img = load_image(dir / "lossy.webp");
+    REQUIRE(img.width == std::size_t(W));
+    REQUIRE(img.height == std::size_t(H));
+    int dw = 0, dh = 0;
+    const auto lib = libwebp_rgba(file, dw, dh);
+    std::size_t bad_lib = 0;
+    int worst = 0;
+    for (int y = 0; y < H; ++y)
+        for (int x = 0; x < W; ++x)
+            for (int c = 0; c < 3; ++c) {
+                const std::size_t i = std::size_t(y * W + x);
+                bad_lib += img.pixels[i * 3 + std::size_t(c)] != lib[i * 4 + std::size_t(c)];
+                if (x % 16 >= 4 && x % 16 < 12 && y % 16 >= 4 && y % 16 < 12)
+                    worst = std::max(worst, std::abs(int(img.pixels[i * 3 + std::size_t(c)]) - int(src[i * 3 + std::size_t(c)])));
+            }
+    MESSAGE("lossy WebP q100, inside flat blocks: max |decoded - source| = " << worst);
+    CHECK(bad_lib == 0);
+    CHECK(worst <= 6);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("WebP animation: the first frame; EXIF orientation as PIL's exif_transpose") {
+    const fs::path dir = scratch();
+    const int w = 9, h = 5;
+    const auto first = pattern(w, h, 3);
+    std::vector<std::uint8_t> second(first.size());
+    for (std::size_t i = 0; i < second.size(); ++i) second[i] = static_cast<std::uint8_t>(255 - first[i]);
+
+    WebPAnimEncoderOptions eo;
+    REQUIRE(WebPAnimEncoderOptionsInit(&eo));
+    WebPAnimEncoder* enc = WebPAnimEncoderNew(w, h, &eo);
+    REQUIRE(enc != nullptr);
+    WebPConfig cfg;
+    REQUIRE(WebPConfigInit(&cfg));
+    cfg.lossless = 1;
+    cfg.exact = 1;
+    int timestamp = 0;
+    for (const std::vector<std::uint8_t>* frame : {&first, static_cast<const std::vector<std::uint8_t>*>(&second)}) {
+        WebPPicture pic;
+        REQUIRE(WebPPictureInit(&pic));
+        pic.use_argb = 1;
+        pic.width = w;
+        pic.height = h;
+        REQUIRE(WebPPictureImportRGB(&pic, frame->data(), w * 3));
+        CHECK(WebPAnimEncoderAdd(enc, &pic, timestamp, &cfg));
+        WebPPictureFree(&pic);
+        timestamp += 100;
+    }
+    REQUIRE(WebPAnimEncoderAdd(enc, nullptr, timestamp, nullptr));
+    WebPData anim;
+    WebPDataInit(&anim);
+    REQUIRE(WebPAnimEncoderAssemble(enc, &anim));
+    WebPAnimEncoderDelete(enc);
+    write_bytes(dir / "anim.webp", std::vector<std::uint8_t>(anim.bytes, anim.bytes + anim.size));
+    WebPDataClear(&anim);
+    const rgb_image img = load_image(dir / "anim.webp");
+    REQUIRE(img.width == std::size_t(w));
+    REQUIRE(img.height == std::size_t(h));
+    CHECK(img.pixels == first);
+
+    // A still image with an EXIF chunk (VP8X + EXIF, the TIFF data as the WebP container holds
+    // it) of orientation 6: shown turned 90° clockwise.
+    const auto still = webp_lossless(first, w, h, 3);
+    const WebPData image{still.data(), still.size()};
+    WebPMux* mux = WebPMuxCreate(&image, 1);
+    REQUIRE(mux != nullptr);
+    const std::uint8_t tiff[] = {'I', 'I', 42, 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0};
+    const WebPData exif{tiff, sizeof tiff};
+    REQUIRE(WebPMuxSetChunk(mux, "EXIF", &exif, 1) == WEBP_MUX_OK);
+    WebPData with_exif;
+    WebPDataInit(&with_exif);
+    REQUIRE(WebPMuxAssemble(mux, &with_exif) == WEBP_MUX_OK);
+    WebPMuxDelete(mux);
+    write_bytes(dir / "exif6.webp", std::vector<std::uint8_t>(with_exif.bytes, with_exif.bytes + with_exif.size));
+    WebPDataClear(&with_exif);
+    const rgb_image turned = load_image(dir / "exif6.webp");
+    REQUIRE(turned.width == std::size_t(h));
+    REQUIRE(turned.height == std::size_t(w));
+    std::size_t bad = 0;
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x)
+            for (int c = 0; c < 3; ++c)  // input (x, y) -> output (h - 1 - y, x)
+                bad += turned.pixels[(std::size_t(x) * turned.width + std::size_t(h - 1 - y)) * 3 + std::size_t(c)] != first[std::size_t((y * w + x) * 3 + c)];
+    CHECK(bad == 0);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("WebP errors name the file: truncated, corrupt, too large (checked from the header)") {
+    const fs::path dir = scratch();
+    const int w = 64, h = 48;
+    const auto full = webp_lossless(pattern(w, h, 3), w, h, 3);
+    REQUIRE(full.size() > 100);
+    REQUIRE(std::string(full.begin() + 12, full.begin() + 16) == "VP8L");  // simple lossless layout
+    write_bytes(dir / "full.webp", full);
+    CHECK(load_image(dir / "full.webp").width == std::size_t(w));
+    const auto set_u32 = [](std::vector<std::uint8_t>& b, std::size_t at, std::uint32_t v) {
+        for (std::size_t i = 0; i < 4; ++i) b[at + i] = static_cast<std::uint8_t>(v >> (8 * i));
+    };
+    for (const std::size_t keep : {std::size_t{16}, std::size_t{30}, full.size() / 2, full.size() - 4}) {
+        CAPTURE(keep);
+        // Cut as it is (the RIFF size then says more), and with the RIFF size rewritten to the
+        // cut length (the image chunk's own size then says more).
+        std::vector<std::uint8_t> cut(full.begin(), full.begin() + std::ptrdiff_t(keep));
+        const fs::path p = dir / ("cut_" + std::to_string(keep) + ".webp");
+        write_bytes(p, cut);
+        const std::string e = error_of([&] { load_image(p); });
+        CAPTURE(e);
+        CHECK(e.find(p.string() + ": truncated WebP file") == 0);
+        set_u32(cut, 4, static_cast<std::uint32_t>(keep - 8));
+        write_bytes(p, cut);
+        const std::string e2 = error_of([&] { load_image(p); });
+        CAPTURE(e2);
+        CHECK(e2.find(p.string() + ": ") == 0);
+        CHECK(e2 != "(no error)");
+    }
+    // A RIFF/WEBP file whose chunk is not an image.
+    std::vector<std::uint8_t> junk = full;
+    std::copy_n("JUNK", 4, junk.begin() + 12);
+    write_bytes(dir / "junk.webp", junk);
+    CHECK(error_of([&] { load_image(dir / "junk.webp"); }).find((dir / "junk.webp").string() + ": not a readable WebP image") == 0);
+
+    // Limits from the header, before decoding: the exact size passes, one pixel less refuses.
+    CHECK(load_image(dir / "full.webp", {.max_pixels = w * h}).height == std::size_t(h));
+    CHECK(error_of([&] { load_image(dir / "full.webp", {.max_pixels = w * h - 1}); }).find((dir / "full.webp").string() + ": image is 64x48 = 3072 pixels, more than the limit of 3071") == 0);
+    // A VP8L header claiming 16384 x 16384 (14 bits each of width - 1 and height - 1 after the
+    // 0x2f signature byte) is refused without decoding.
+    auto bomb = full;
+    REQUIRE(bomb[20] == 0x2f);
+    const std::uint32_t bits = std::uint32_t{bomb[21]} | std::uint32_t{bomb[22]} << 8 | std::uint32_t{bomb[23]} << 16 | std::uint32_t{bomb[24]} << 24;
+    set_u32(bomb, 21, (bits & ~0x0FFFFFFFu) | 0x3FFFu | (0x3FFFu << 14));
+    write_bytes(dir / "bomb.webp", bomb);
+    CHECK(error_of([&] { load_image(dir / "bomb.webp"); }).find((dir / "bomb.webp").string() + ": image is 16384x16384 = 268435456 pixels, more than the limit") == 0);
     fs::remove_all(dir);
 }

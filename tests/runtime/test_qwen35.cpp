@@ -4,11 +4,10 @@
 // and full-attention layers, fp32, made by make_fixtures.py): full-sequence logits, the same
 // logits fed token by token and in chunks, greedy tokens of generate(), HLWQ KV caches and
 // HLWQ weights (through hlwq-quantize), the hybrid cache's truncate rules, and clear errors.
+#include "quantized_folder.hpp"
 #include "qwen35.hpp"
 
-#include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/io/safetensors.hpp>
-#include <hlwq/quantize.hpp>
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -330,65 +329,18 @@ namespace {
 
 /// Writes fixture `variant` as an HLWQ folder at `out`: every linear weight (2-D `.weight`
 /// and 3-D experts; not embeddings, norms, conv1d, the router or the shared-expert gate)
-/// quantized at `bits` with blocks of 32 columns. (hlwq-quantize keeps matrices of fewer than
-/// 128 columns, which is all of these tiny models.) With `only`, just the 2-D tensors whose
-/// name contains it (e.g. the embeddings).
+/// quantized at `bits` with blocks of 32 columns (quantized_folder.hpp; hlwq-quantize keeps
+/// matrices of fewer than 128 columns, which is all of these tiny models). With `only`, just
+/// the 2-D tensors whose name contains it (e.g. the embeddings).
 void write_hlwq(const char* variant, const fs::path& out, int bits, bool dequantized = false, std::string_view only = {}) {
-    const std::size_t block = 32;
-    const fs::path in = qwen_fixtures / variant;
-    const auto src = hlwq::io::safetensors_file::open(in / "model.safetensors");
-    const auto quantize_it = [&](std::string_view n, const hlwq::io::tensor_view& v) {
+    hlwq::rt::test::write_quantized_folder(qwen_fixtures / variant, out, bits, dequantized, [&](std::string_view n, const hlwq::io::tensor_view& v) {
         if (!only.empty()) return v.shape.size() == 2 && n.find(only) != std::string_view::npos;
         if (n.find("embed") != std::string_view::npos || n.ends_with(".gate.weight") ||
             n.find("shared_expert_gate") != std::string_view::npos || n.find("conv1d") != std::string_view::npos)
             return false;
         return (v.shape.size() == 2 && n.ends_with(".weight")) ||
                (v.shape.size() == 3 && n.find("experts") != std::string_view::npos);
-    };
-    hlwq::io::quantization_config qc;
-    qc.bits = bits;
-    qc.block_size = block;
-    std::vector<hlwq::io::tensor_spec> specs;
-    for (std::string_view n : src.names()) {
-        const auto v = src.view(n);
-        const std::vector<std::int64_t> shape(v.shape.begin(), v.shape.end());
-        if (!quantize_it(n, v)) {
-            specs.push_back({std::string(n), v.type, shape});
-            continue;
-        }
-        qc.tensors[std::string(n)] = {.shape = shape, .bits = bits};
-        if (dequantized) {
-            specs.push_back({std::string(n), v.type, shape});
-            continue;
-        }
-        for (auto& spec : hlwq::io::quantized_tensor_specs(n, shape, bits, block)) specs.push_back(std::move(spec));
-    }
-    fs::create_directories(out);
-    hlwq::io::safetensors_writer w(out / "model.safetensors", specs);
-    for (std::string_view n : src.names()) {
-        const auto v = src.view(n);
-        if (!qc.tensors.count(n)) {
-            w.write(n, v.data);
-            continue;
-        }
-        const auto cols = static_cast<std::size_t>(v.shape.back());
-        const hlwq::quantized_matrix q =
-            hlwq::quantize(v.as<float>(), v.numel() / cols, cols, bits, hlwq::quantize_options{.block = block, .threads = 2});
-        if (dequantized) {
-            std::vector<float> d(v.numel());
-            hlwq::dequantize(q, d, 2);
-            w.write(n, std::span<const float>(d));
-        } else {
-            hlwq::io::write_quantized(w, n, q);
-        }
-    }
-    w.finish();
-    const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(in / "config.json"));
-    if (dequantized) {
-        std::ofstream(out / "config.json") << cfg.dump(1);
-        return;
-    }
-    std::ofstream(out / "config.json") << hlwq::io::with_quantization_config(cfg, qc).dump(1);
+    });
 }
 
 }  // namespace

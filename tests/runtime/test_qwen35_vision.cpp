@@ -8,14 +8,12 @@
 #include "image.hpp"
 #include "qwen35.hpp"
 #include "qwen35_image.hpp"
+#include "quantized_folder.hpp"
 #include "resample.hpp"
 
-#include <hlwq/io/hlwq_format.hpp>
 #include <hlwq/io/safetensors.hpp>
-#include <hlwq/quantize.hpp>
 
 #include <doctest/doctest.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -320,52 +318,12 @@ namespace {
 
 /// The fixture as an HLWQ folder at `out`: every 2-D linear weight of the text model and the
 /// vision tower (not the embeddings, the position table, the Conv3d or conv1d) quantized at
-/// `bits` in blocks of 32 columns (hlwq-quantize keeps matrices under 128 columns: most of
-/// this tiny model), or, with `dequantized`, those weights replaced by their dequantized fp32.
+/// `bits` in blocks of 32 columns, or, with `dequantized`, those weights replaced by their
+/// dequantized fp32 (quantized_folder.hpp).
 void write_hlwq(const fs::path& out, int bits, bool dequantized) {
-    const std::size_t block = 32;
-    const auto src = hlwq::io::safetensors_file::open(fixture / "model.safetensors");
-    const auto quantize_it = [](std::string_view n, const hlwq::io::tensor_view& v) {
+    test::write_quantized_folder(fixture, out, bits, dequantized, [](std::string_view n, const hlwq::io::tensor_view& v) {
         return v.shape.size() == 2 && n.ends_with(".weight") && n.find("embed") == std::string_view::npos;
-    };
-    hlwq::io::quantization_config qc;
-    qc.bits = bits;
-    qc.block_size = block;
-    std::vector<hlwq::io::tensor_spec> specs;
-    for (std::string_view n : src.names()) {
-        const auto v = src.view(n);
-        const std::vector<std::int64_t> shape(v.shape.begin(), v.shape.end());
-        if (!quantize_it(n, v) || dequantized) {
-            specs.push_back({std::string(n), v.type, shape});
-            if (quantize_it(n, v)) qc.tensors[std::string(n)] = {.shape = shape, .bits = bits};
-            continue;
-        }
-        qc.tensors[std::string(n)] = {.shape = shape, .bits = bits};
-        for (auto& spec : hlwq::io::quantized_tensor_specs(n, shape, bits, block)) specs.push_back(std::move(spec));
-    }
-    fs::create_directories(out);
-    hlwq::io::safetensors_writer w(out / "model.safetensors", specs);
-    for (std::string_view n : src.names()) {
-        const auto v = src.view(n);
-        if (!qc.tensors.count(n)) {
-            w.write(n, v.data);
-            continue;
-        }
-        const auto cols = static_cast<std::size_t>(v.shape.back());
-        const hlwq::quantized_matrix q = hlwq::quantize(v.as<float>(), v.numel() / cols, cols, bits,
-                                                        hlwq::quantize_options{.block = block, .threads = 2});
-        if (dequantized) {
-            std::vector<float> d(v.numel());
-            hlwq::dequantize(q, d, 2);
-            w.write(n, std::span<const float>(d));
-        } else {
-            hlwq::io::write_quantized(w, n, q);
-        }
-    }
-    w.finish();
-    const nlohmann::json cfg = nlohmann::json::parse(std::ifstream(fixture / "config.json"));
-    std::ofstream(out / "config.json") << (dequantized ? cfg : hlwq::io::with_quantization_config(cfg, qc)).dump(1);
-    fs::copy_file(fixture / "preprocessor_config.json", out / "preprocessor_config.json");
+    });
 }
 
 }  // namespace
