@@ -32,6 +32,7 @@
 // the later tokens of the same image on sliding layers (create_masks_for_vision_model).
 #include "gemma4.hpp"
 
+#include "float_tensor.hpp"
 #include "gemma4_image.hpp"
 #include "gemma4_vision.hpp"
 #include "image.hpp"
@@ -672,34 +673,9 @@ private:
     std::string name(const std::string& rest) const { return cfg_.prefix + rest; }
 
     std::vector<float> vec(const std::string& n, std::size_t size) {
-        const auto fail = [&](const std::string& what) {
-            return std::runtime_error(ck_.path().string() + ": tensor '" + n + "' " + what);
-        };
-        if (!ck_.contains(n)) throw fail("is missing");
-        if (ck_.is_quantized(n)) throw fail("is quantized; a vector must be dense");
-        const io::tensor_view v = ck_.dense(n);
-        if (v.numel() != size || v.shape.size() != 1)
-            throw fail("has " + std::to_string(v.numel()) + " elements in " + std::to_string(v.shape.size()) +
-                       " dimensions, expected a vector of " + std::to_string(size));
-        std::vector<float> out(size);
-        switch (v.type) {
-            case io::dtype::f32: v.copy_to(std::span<float>(out)); break;
-            case io::dtype::bf16: {
-                std::vector<bfloat16> b(size);
-                v.copy_to(std::span<bfloat16>(b));
-                for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<float>(b[i]);
-                break;
-            }
-            case io::dtype::f16: {
-                std::vector<half> b(size);
-                v.copy_to(std::span<half>(b));
-                for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<float>(b[i]);
-                break;
-            }
-            default: throw fail("has a dtype other than F32, F16 or BF16");
-        }
-        weight_bytes_ += size * io::dtype_size(v.type);
-        return out;
+        float_tensor t = read_vector(ck_, n, size);
+        weight_bytes_ += t.stored_bytes;
+        return std::move(t.values);
     }
 
     linear lin(const std::string& n, std::size_t rows, std::size_t cols) {

@@ -338,36 +338,11 @@ private:
 
     // ---- loading ----------------------------------------------------------------------------
 
-    std::runtime_error missing(const std::string& n, const std::string& what) const {
-        return std::runtime_error(ck_.path().string() + ": tensor '" + n + "' " + what);
-    }
-
-    /// A dense tensor of `size` elements (any shape) as fp32.
+    /// A tensor of `size` elements (any shape) as fp32 (float_tensor.hpp).
     std::vector<float> dense(const std::string& n, std::size_t size) {
-        if (!ck_.contains(n)) throw missing(n, "is missing");
-        if (ck_.is_quantized(n)) throw missing(n, "is quantized; it must be dense");
-        const io::tensor_view v = ck_.dense(n);
-        if (v.numel() != size)
-            throw missing(n, "has " + std::to_string(v.numel()) + " elements, expected " + std::to_string(size));
-        std::vector<float> out(size);
-        switch (v.type) {
-            case io::dtype::f32: v.copy_to(std::span<float>(out)); break;
-            case io::dtype::bf16: {
-                std::vector<bfloat16> b(size);
-                v.copy_to(std::span<bfloat16>(b));
-                for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<float>(b[i]);
-                break;
-            }
-            case io::dtype::f16: {
-                std::vector<half> b(size);
-                v.copy_to(std::span<half>(b));
-                for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<float>(b[i]);
-                break;
-            }
-            default: throw missing(n, "has a dtype other than F32, F16 or BF16");
-        }
-        weight_bytes_ += size * io::dtype_size(v.type);
-        return out;
+        float_tensor t = read_floats(ck_, n, size);
+        weight_bytes_ += t.stored_bytes;
+        return std::move(t.values);
     }
 
     linear lin(const std::string& n, std::size_t rows, std::size_t cols) {

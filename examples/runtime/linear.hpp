@@ -12,6 +12,8 @@
 /// one F16C instruction (f16) per element. Products are computed in fp32.
 #pragma once
 
+#include "float_tensor.hpp"
+
 #include <hlwq/detail/parallel.hpp>
 #include <hlwq/float16.hpp>
 #include <hlwq/io/hlwq_format.hpp>
@@ -150,12 +152,6 @@ private:
         const std::size_t bytes = rows * cols * l.elem_;
         l.data_ = v.data.data() + (expert ? *expert * bytes : 0);
         return l;
-    }
-
-    static std::string shape_string(const std::vector<std::int64_t>& s) {
-        std::string out = "[";
-        for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-        return out + "]";
     }
 
     /// out[0..len) = W[r][c .. c+len) as fp32 (exact).

@@ -16,6 +16,7 @@
 // embeddings and the positions of get_rope_index (see qwen35.hpp).
 #include "qwen35.hpp"
 
+#include "float_tensor.hpp"
 #include "gated_delta.hpp"
 #include "linear.hpp"
 #include "qwen35_vision.hpp"
@@ -225,33 +226,9 @@ config read_config(const io::checkpoint& ck) {
 // Weights
 // ---------------------------------------------------------------------------------------
 
-/// A dense 1-D (or small) tensor as fp32.
-std::vector<float> read_floats(const io::checkpoint& ck, const std::string& name, std::size_t n) {
-    const auto fail = [&](const std::string& what) {
-        return std::runtime_error(ck.path().string() + ": tensor '" + name + "' " + what);
-    };
-    if (!ck.contains(name)) throw fail("is missing");
-    if (ck.is_quantized(name)) throw fail("is quantized; a dense tensor is expected");
-    const io::tensor_view v = ck.dense(name);
-    if (v.numel() != n) throw fail("has " + std::to_string(v.numel()) + " elements, expected " + std::to_string(n));
-    std::vector<float> out(n);
-    if (v.type == io::dtype::f32) {
-        std::memcpy(out.data(), v.data.data(), n * 4);
-    } else if (v.type == io::dtype::f16 || v.type == io::dtype::bf16) {
-        for (std::size_t i = 0; i < n; ++i) {
-            std::uint16_t b;
-            std::memcpy(&b, v.data.data() + 2 * i, 2);
-            out[i] = v.type == io::dtype::f16 ? half::to_float(b) : bfloat16::to_float(b);
-        }
-    } else {
-        throw fail("has a dtype other than F32, F16 or BF16");
-    }
-    return out;
-}
-
 /// (1 + w) of a zero-centred RMSNorm weight.
 std::vector<float> read_norm(const io::checkpoint& ck, const std::string& name, std::size_t n) {
-    std::vector<float> w = read_floats(ck, name, n);
+    std::vector<float> w = read_floats(ck, name, n).values;
     for (float& x : w) x = 1.0f + x;
     return w;
 }
@@ -522,7 +499,7 @@ private:
     }
     std::vector<float> load_floats(const std::string& name, std::size_t n) {
         weight_bytes_ += n * sizeof(float);
-        return read_floats(ck_, name, n);
+        return read_floats(ck_, name, n).values;
     }
     std::vector<float> load_norm(const std::string& name, std::size_t n) {
         weight_bytes_ += n * sizeof(float);

@@ -21,29 +21,6 @@ namespace {
 
 using json = nlohmann::json;
 
-/// A dense tensor of `n` elements (any shape) as fp32.
-std::vector<float> dense_floats(const io::checkpoint& ck, const std::string& name, std::size_t n) {
-    const auto fail = [&](const std::string& what) {
-        return std::runtime_error(ck.path().string() + ": tensor '" + name + "' " + what);
-    };
-    if (!ck.contains(name)) throw fail("is missing");
-    if (ck.is_quantized(name)) throw fail("is quantized; a dense tensor is expected");
-    const io::tensor_view v = ck.dense(name);
-    if (v.numel() != n) throw fail("has " + std::to_string(v.numel()) + " elements, expected " + std::to_string(n));
-    std::vector<float> out(n);
-    if (v.type == io::dtype::f32) {
-        std::memcpy(out.data(), v.data.data(), n * sizeof(float));
-        return out;
-    }
-    if (v.type != io::dtype::f16 && v.type != io::dtype::bf16) throw fail("has a dtype other than F32, F16 or BF16");
-    for (std::size_t i = 0; i < n; ++i) {
-        std::uint16_t b;
-        std::memcpy(&b, v.data.data() + 2 * i, 2);
-        out[i] = v.type == io::dtype::f16 ? half::to_float(b) : bfloat16::to_float(b);
-    }
-    return out;
-}
-
 qwen35_vision_config read_vision_config(const io::checkpoint& ck) {
     const std::string file = (ck.path() / "config.json").string() + " (vision_config)";
     const auto it = ck.config().find("vision_config");
@@ -134,7 +111,7 @@ qwen35_vision::qwen35_vision(const io::checkpoint& ck, const std::string& prefix
     const std::size_t H = cfg_.hidden, I = cfg_.intermediate, M = H * cfg_.merge * cfg_.merge;
     const auto floats = [&](const std::string& name, std::size_t n) {
         weight_bytes_ += n * sizeof(float);
-        return dense_floats(ck, prefix + name, n);
+        return read_floats(ck, prefix + name, n).values;
     };
     const auto lin = [&](const std::string& name, std::size_t rows, std::size_t cols) {
         linear l = linear::load(ck, prefix + name, rows, cols);  // HLWQ too (hlwq-quantize --include-vision)
