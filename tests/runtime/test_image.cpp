@@ -304,7 +304,8 @@ TEST_CASE("WebP lossy: libwebp's own decode exactly, within the colour conversio
                 src[std::size_t((y * W + x) * 3 + c)] = static_cast<std::uint8_t>((block * 53 + c * 97 + 20) % 216 + 20);
             }
     std::uint8_t* out = nullptr;
-    const auto file = take_webp(out, WebPEncodeRGB(src.data(), W, H, W * 3, 100.0f, &out));
+    const std::size_t size = WebPEncodeRGB(src.data(), W, H, W * 3, 100.0f, &out);
+    const auto file = take_webp(out, size);
     write_bytes(dir / "lossy.webp", file);
     const rgb_image img = load_image(dir / "lossy.webp");
     REQUIRE(img.width == std::size_t(W));
