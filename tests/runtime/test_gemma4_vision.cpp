@@ -136,6 +136,18 @@ std::string error_of(F&& f) {
     return "(no error)";
 }
 
+/// `count` greedy tokens after a prompt whose logits are `logits`, fed one at a time.
+std::vector<std::int64_t> greedy_after(gemma4_lm& m, const std::vector<float>& logits, std::size_t count) {
+    std::vector<float> last(logits.end() - static_cast<std::ptrdiff_t>(m.vocab_size()), logits.end());
+    std::vector<std::int64_t> got;
+    for (std::size_t i = 0; i < count; ++i) {
+        const auto next = static_cast<std::int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+        got.push_back(next);
+        m.forward(std::span<const std::int32_t>(&next, 1), last, false);
+    }
+    return got;
+}
+
 }  // namespace
 
 TEST_CASE("preprocessing: image.png and a downscaled image as the processor's pixel values") {
@@ -260,15 +272,7 @@ TEST_CASE("text model with the reference image embeddings: logits and greedy tok
         const double e = rel_max(logits, want);
         MESSAGE("chunk " << chunk << ": logits vs transformers, max|d| / max|ref| = " << e);
         CHECK(e <= 1e-4);
-        // Greedy continuation, one token at a time after the prompt.
-        std::vector<float> last(logits.end() - static_cast<std::ptrdiff_t>(m->vocab_size()), logits.end());
-        std::vector<std::int64_t> got;
-        for (std::size_t i = 0; i < greedy.size(); ++i) {
-            const auto next = static_cast<std::int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
-            got.push_back(next);
-            m->forward(std::span<const std::int32_t>(&next, 1), last, false);
-        }
-        CHECK(got == greedy);
+        CHECK(greedy_after(*m, logits, greedy.size()) == greedy);
     }
 }
 
@@ -289,14 +293,7 @@ TEST_CASE("the whole model from the reference pixels and end to end from image.p
     MESSAGE("end to end from image.png: logits max|d| / max|ref| = " << rel_max(e2e, want));
     CHECK(rel_max(e2e, want) <= 1e-4);
     CHECK(max_diff(e2e, logits) == 0.0);
-    std::vector<float> last(e2e.end() - static_cast<std::ptrdiff_t>(m2->vocab_size()), e2e.end());
-    std::vector<std::int64_t> got;
-    for (std::size_t i = 0; i < greedy.size(); ++i) {
-        const auto next = static_cast<std::int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
-        got.push_back(next);
-        m2->forward(std::span<const std::int32_t>(&next, 1), last, false);
-    }
-    CHECK(got == greedy);
+    CHECK(greedy_after(*m2, e2e, greedy.size()) == greedy);
 }
 
 // The tower's and the text model's linear layers run through linear.hpp, so HLWQ codes work
