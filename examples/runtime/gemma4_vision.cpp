@@ -19,6 +19,7 @@
 // bounds. The processor's padding patches are never built (gemma4_image.hpp), so attention
 // runs over the real patches only, as the padding mask makes transformers do.
 #include "gemma4_vision.hpp"
+#include "dense_gemm.hpp"
 
 #include <hlwq/detail/parallel.hpp>
 #include <hlwq/io/hlwq_format.hpp>
@@ -152,7 +153,7 @@ public:
         std::vector<float> in(px.values.size());
         for (std::size_t i = 0; i < in.size(); ++i) in[i] = 2.0f * (px.values[i] - 0.5f);
         std::vector<float> h(n * H);
-        patch_proj_.forward(in.data(), n, h.data(), lin_);
+        patch_proj_.forward_gemm(in.data(), n, h.data(), lin_);
         const std::size_t P = cfg_.position_embedding_size;
         for (std::size_t t = 0; t < n; ++t) {
             const auto [x, y] = px.positions[t];
@@ -203,7 +204,7 @@ public:
         if (soft.size() != n * H) throw std::invalid_argument("gemma4_vision::embed: not a whole number of soft tokens");
         std::vector<float> x = soft, out(n * cfg_.text_hidden);
         rms_norm(x.data(), n, H, nullptr, cfg_.eps);
-        embed_proj_.forward(x.data(), n, out.data(), lin_);
+        embed_proj_.forward_gemm(x.data(), n, out.data(), lin_);
         return out;
     }
 
@@ -243,7 +244,7 @@ private:
             for (float& v : scratch) v = std::clamp(v, l.in_min, l.in_max);
             x = scratch.data();
         }
-        l.w.forward(x, n, y, lin_);
+        l.w.forward_gemm(x, n, y, lin_);
         if (cfg_.clipped_linears)
             for (std::size_t i = 0; i < n * l.w.rows(); ++i) y[i] = std::clamp(y[i], l.out_min, l.out_max);
     }
@@ -283,37 +284,18 @@ private:
             rope2(k.data() + t * nkv * d, nkv, d, cos.data() + t * 2 * quarter, sin.data() + t * 2 * quarter);
         }
         const std::size_t group = nq / nkv;
-        // Keys transposed to [kv head][d][patch], so that the scores of one query are summed
-        // over d with the patches in the vectorized inner loop (each score in index order).
-        std::vector<float> kt(nkv * d * n);
-        for (std::size_t s = 0; s < n; ++s)
-            for (std::size_t hk = 0; hk < nkv; ++hk)
-                for (std::size_t i = 0; i < d; ++i) kt[(hk * d + i) * n + s] = k[(s * nkv + hk) * d + i];
-        // (query, head) items; each reads n keys and values of d.
-        const std::size_t items = n * nq;
-        const std::size_t per_thread = std::max<std::size_t>(1, (std::size_t{1} << 18) / std::max<std::size_t>(1, n * d));
-        detail::parallel_for(items, detail::thread_count(lin_.threads, items, per_thread), [&](std::size_t i0, std::size_t i1) {
-            std::vector<float> score(n);
+        // Per (head, block of queries): the scores Q Kᵀ and the output P V as GEMMs on the
+        // strided q/k/v blocks in place (dense_gemm.hpp), the softmax of each score row between
+        // them (all patches see all). A block's scores (qb × n) stay in cache.
+        constexpr std::size_t qb = 64;
+        const std::size_t qblocks = (n + qb - 1) / qb, items = nq * qblocks;
+        detail::parallel_for(items, detail::thread_count(lin_.threads, items, 1), [&](std::size_t i0, std::size_t i1) {
+            std::vector<float> score(std::min(qb, n) * n);
             for (std::size_t it = i0; it < i1; ++it) {
-                const std::size_t t = it / nq, hq = it % nq, hk = hq / group;
-                const float* qv = q.data() + (t * nq + hq) * d;
-                std::fill(score.begin(), score.end(), 0.0f);
-                for (std::size_t i = 0; i < d; ++i) {
-                    const float qi = qv[i];
-                    const float* row = kt.data() + (hk * d + i) * n;
-                    for (std::size_t s = 0; s < n; ++s) score[s] += qi * row[s];
-                }
-                const float mx = *std::max_element(score.begin(), score.end());
-                double sum = 0;
-                for (std::size_t s = 0; s < n; ++s) sum += (score[s] = std::exp(score[s] - mx));
-                const float inv = static_cast<float>(1.0 / sum);
-                float* o = att.data() + (t * nq + hq) * d;
-                std::fill_n(o, d, 0.0f);
-                for (std::size_t s = 0; s < n; ++s) {
-                    const float p = score[s] * inv;
-                    const float* vv = v.data() + (s * nkv + hk) * d;
-                    for (std::size_t i = 0; i < d; ++i) o[i] += p * vv[i];
-                }
+                const std::size_t hq = it / qblocks, t0 = it % qblocks * qb, m = std::min(qb, n - t0), hk = hq / group;
+                gemm_xwt(q.data() + (t0 * nq + hq) * d, nq * d, k.data() + hk * d, nkv * d, score.data(), n, m, n, d);
+                softmax_rows(score.data(), n, m, n);
+                gemm_xw(score.data(), n, v.data() + hk * d, nkv * d, att.data() + (t0 * nq + hq) * d, nq * d, m, d, n);
             }
         });
         apply(w.o, att.data(), n, x.data(), scratch);

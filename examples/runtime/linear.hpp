@@ -9,9 +9,11 @@
 /// (exact conversions) in a small stack buffer right before their dot products. Converting the
 /// whole model to fp32 at load would double the memory of a bf16 model and the bytes a decode
 /// step reads, which is what bounds decode speed; the widening itself costs a shift (bf16) or
-/// one F16C instruction (f16) per element. Products are computed in fp32.
+/// one F16C instruction (f16) per element. Products are computed in fp32 (forward_gemm: through
+/// Eigen's GEMM for an image's many patches).
 #pragma once
 
+#include "dense_gemm.hpp"
 #include "float_tensor.hpp"
 
 #include <hlwq/detail/parallel.hpp>
@@ -106,6 +108,31 @@ public:
         });
     }
 
+    /// forward() for many tokens at once (an image's patches) through Eigen's cache-blocked GEMM
+    /// on blocks of rows widened to fp32 once (dense_gemm.hpp): forward()'s tiles would stream
+    /// every token's x again for each 4 rows. Quantized layers and fewer than 16 tokens run
+    /// forward(). The sums run in another order than forward()'s, so a token's result would
+    /// depend on how many tokens share the call: the text models keep forward(), whose
+    /// arithmetic per token is the same in any chunk (test_gemma4 checks it to 1e-5).
+    void forward_gemm(const float* x, std::size_t n, float* y, const linear_options& o) const {
+        if (q_ || n < gemm_tokens) {
+            forward(x, n, y, o);
+            return;
+        }
+        // Fixed blocks of rows, so the sums do not depend on the thread count either.
+        const std::size_t blocks = (rows_ + gemm_rows - 1) / gemm_rows;
+        const unsigned threads = detail::thread_count(o.threads, rows_, detail::rows_per_thread(cols_ * n));
+        detail::parallel_for(blocks, std::min<std::size_t>(threads, blocks), [&](std::size_t b0, std::size_t b1) {
+            std::vector<float> w(std::min(rows_, gemm_rows) * cols_);
+            for (std::size_t b = b0; b < b1; ++b) {
+                const std::size_t r0 = b * gemm_rows, m = std::min(gemm_rows, rows_ - r0);
+                for (std::size_t j = 0; j < m; ++j)
+                    for (std::size_t c = 0; c < cols_; c += piece) widen(r0 + j, c, std::min(piece, cols_ - c), w.data() + j * cols_ + c);
+                gemm_xwt(x, cols_, w.data(), cols_, y + r0, rows_, n, m, cols_);
+            }
+        });
+    }
+
     /// Row r of W as fp32 (an embedding lookup): widened from a dense layer (exact), or
     /// dequantized from the codes of a quantized one (the same values hlwq::dequantize gives),
     /// so quantized embeddings never expand beyond the rows a chunk looks up.
@@ -123,6 +150,8 @@ public:
 private:
     static constexpr std::size_t tile = detail::kv_block;  // rows whose pieces are dotted together
     static constexpr std::size_t piece = 512;              // columns widened at a time
+    static constexpr std::size_t gemm_tokens = 16;         // forward_gemm's GEMM from this many tokens on
+    static constexpr std::size_t gemm_rows = 64;           // rows per GEMM block (a unit of work)
 
     static linear load_impl(const io::checkpoint& ck, const std::string& name, std::optional<std::size_t> expert,
                             std::size_t experts, std::size_t rows, std::size_t cols) {
