@@ -34,10 +34,14 @@ void gemm_xw(const float* x, std::size_t ldx, const float* w, std::size_t ldw, f
 }
 
 void softmax_rows(float* x, std::size_t ld, std::size_t rows, std::size_t n) {
+    // Through an aligned buffer: on an unaligned row Eigen would peel the first elements off to
+    // scalar code (std::exp, another order of the sum) by the row's address, so the result
+    // would depend on where the allocator put it.
+    thread_local Eigen::ArrayXf e;
     for (std::size_t r = 0; r < rows; ++r) {
         Eigen::Map<Eigen::ArrayXf> row(x + r * ld, idx(n));
-        row = (row - row.maxCoeff()).exp();
-        row *= 1.0f / row.sum();
+        e = (row - row.maxCoeff()).exp();
+        row = e * (1.0f / e.sum());
     }
 }
 
