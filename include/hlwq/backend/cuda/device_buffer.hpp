@@ -47,8 +47,10 @@ public:
     /// Allocates host.size() values and copies `host` into them.
     explicit device_buffer(std::span<const T> host) : device_buffer(host.size()) { upload(host); }
 
+    /// Takes o's allocation; o is left empty.
     device_buffer(device_buffer&& o) noexcept
         : data_(std::exchange(o.data_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+    /// Frees this buffer's allocation and takes o's; o is left empty.
     device_buffer& operator=(device_buffer&& o) noexcept {
         if (this != &o) {
             release();
