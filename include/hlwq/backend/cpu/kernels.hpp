@@ -34,6 +34,15 @@
 #define HLWQ_CPU_HAS_VNNI 0
 #endif
 
+/// Asks the compiler to unroll the next loop n times. Empty for nvcc's front end, which compiles
+/// these host kernels when a CUDA source includes them and rejects the GCC pragma.
+#if defined(__CUDACC__)
+#define HLWQ_UNROLL(n)
+#else
+#define HLWQ_UNROLL(n) _Pragma(HLWQ_UNROLL_TEXT(GCC unroll n))
+#define HLWQ_UNROLL_TEXT(x) #x
+#endif
+
 /// AVX2 with FMA and F16C, the instructions of the AVX2 int8-activation product.
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define HLWQ_CPU_HAS_AVX2_INT8 1
@@ -786,7 +795,7 @@ private:
         const __m256i low4 = _mm256_set1_epi8(0x0F);
         __m256 acc[R];
         alignas(32) float scales[R][8];  // norm_b · xscale_b, 8 blocks at a time
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
         for (std::size_t j = 0; j < R; ++j) acc[j] = _mm256_setzero_ps();
         for (std::size_t b = 0; b < blocks; ++b, xq += block) {
             if (b % 8 == 0) {
@@ -801,7 +810,7 @@ private:
                 }
             }
             __m256i lanes[R];
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = _mm256_setzero_si256();
             const std::uint8_t* c = codes + b * block_bytes;
             for (std::size_t j = 0; j < R; ++j)  // as in dot_rows_vnni_decode
@@ -812,7 +821,7 @@ private:
                     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
                     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p + 32));
                     const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) {
                         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j * row_bytes + p / 2));
                         lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(v, low4)), a0, x0);
@@ -825,17 +834,17 @@ private:
                 for (std::size_t p = 0; p < block; p += 32) {
                     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
                     const __m256i a = _mm256_abs_epi8(x);
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j)
                         lanes[j] = dot32(lanes[j], tab.lookup(_mm256_load_si256(reinterpret_cast<const __m256i*>(unpacked[j] + p))),
                                          a, x);
                 }
             }
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j)
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes[j]), _mm256_set1_ps(scales[j][b % 8]), acc[j]);
         }
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
         for (std::size_t j = 0; j < R; ++j) {  // s[i] + s[i+4], then +2, +1
             __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
             v = _mm_add_ps(v, _mm_movehl_ps(v, v));
@@ -1049,7 +1058,7 @@ private:
         __m512 acc[R];
         // Block scales norm_b · xscale_b, 16 blocks at a time (F16C converts the norms).
         alignas(64) float scales[R][16];
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
         for (std::size_t j = 0; j < R; ++j) acc[j] = _mm512_setzero_ps();
         for (std::size_t b = 0; b < blocks; ++b, xq += block) {
             if (b % 16 == 0) {
@@ -1060,7 +1069,7 @@ private:
             }
             const __m512i init = table::narrow ? _mm512_maskz_set1_epi32(1, -128 * xsum[b]) : _mm512_setzero_si512();
             __m512i lanes[R];
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
             const std::uint8_t* c = codes + b * block_bytes;
             // The same block of the next R rows, about R rows' time ahead: far enough to hide
@@ -1072,13 +1081,13 @@ private:
             if (fused) {
                 for (std::size_t p = 0; p < block / 128; ++p) {
                     __m512i r0[R], r1[R];
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) chunk_codes<Bits>(c + j * row_bytes, block, p, r0[j], r1[j]);
                     const auto x0 = table::load(xq + 128 * p);
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r0[j], x0);
                     const auto x1 = table::load(xq + 128 * p + 64);
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r1[j], x1);
                 }
             } else {
@@ -1089,11 +1098,11 @@ private:
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], _mm512_load_si512(unpacked[j] + p), x);
                 }
             }
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j)
                 acc[j] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes[j]), _mm512_set1_ps(scales[j][b % 16]), acc[j]);
         }
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
         for (std::size_t j = 0; j < R; ++j) y[j] = pairwise_sum(acc[j]);
     }
 
@@ -1202,19 +1211,19 @@ private:
                 for (std::size_t t = 0; t < T; ++t)
                     _mm_storeu_ps(scale + (b * T + t) * R, _mm_mul_ps(_mm_loadu_ps(wnorm + b * R), _mm_set1_ps(st[t][b])));
             __m512 acc[R][T];
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j)
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                 for (std::size_t t = 0; t < T; ++t) acc[j][t] = _mm512_setzero_ps();
             for (std::size_t b = 0; b < blocks; ++b) {
                 const std::size_t o = b * block;
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                 for (std::size_t t = 0; t < T; ++t) {
                     const __m512i init = Narrow ? _mm512_maskz_set1_epi32(1, -128 * sum[t][b]) : _mm512_setzero_si512();
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) {
                         __m512i lanes = init;
-#pragma GCC unroll 16
+HLWQ_UNROLL(16)
                         for (std::size_t p = o; p < o + block; p += 64) {
                             if constexpr (Narrow) {
                                 lanes = _mm512_dpbusd_epi32(lanes, _mm512_loadu_si512(wr[j] + p), _mm512_loadu_si512(xt[t] + p));
@@ -1231,9 +1240,9 @@ private:
                 }
             }
             float res[R][T];
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j)
-#pragma GCC unroll 4
+HLWQ_UNROLL(4)
                 for (std::size_t t = 0; t < T; ++t) res[j][t] = pairwise_sum(acc[j][t]);
             for (std::size_t j = 0; j < m; ++j)
                 for (std::size_t t = 0; t < nt; ++t) y[(i0 + t) * ldy + j] = res[j][t];
