@@ -664,21 +664,20 @@ struct kernels<backend::cpu<Arch>> {
                 constexpr std::size_t R = 4;
                 const avx2_table<Bits> tab(table);
                 const std::size_t row_bytes = blocks * (block * Bits / 8), len = blocks * block;
-                std::vector<float> yt(rows);
                 for (std::size_t i = 0; i < n; ++i) {
+                    float* yi = y + i * ldy;  // token i's outputs: rows consecutive floats
                     std::size_t r = 0;
                     for (; r + R <= rows; r += R) {
                         if (block == 128)
                             dot_rows_avx2_decode<Bits, R, 128>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks,
-                                                               block, tab, xq + i * len, xscale + i * blocks, yt.data() + r);
+                                                               block, tab, xq + i * len, xscale + i * blocks, yi + r);
                         else
                             dot_rows_avx2_decode<Bits, R>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block,
-                                                          tab, xq + i * len, xscale + i * blocks, yt.data() + r);
+                                                          tab, xq + i * len, xscale + i * blocks, yi + r);
                     }
                     for (; r < rows; ++r)
                         dot_rows_avx2_decode<Bits, 1>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
-                                                      xq + i * len, xscale + i * blocks, yt.data() + r);
-                    std::copy(yt.begin(), yt.end(), y + i * ldy);
+                                                      xq + i * len, xscale + i * blocks, yi + r);
                 }
                 return;
             }
