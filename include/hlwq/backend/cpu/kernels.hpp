@@ -40,6 +40,7 @@
 #define HLWQ_UNROLL(n)
 #else
 #define HLWQ_UNROLL(n) _Pragma(HLWQ_UNROLL_TEXT(GCC unroll n))
+/// Turns the pragma's words into the string that _Pragma takes (HLWQ_UNROLL's helper).
 #define HLWQ_UNROLL_TEXT(x) #x
 #endif
 
