@@ -9,6 +9,7 @@
 //                  matvec/PQ<b>       hlwq::matvec, fp32 activations (exact);
 //                                     "speedup" = dense_f32 time / its time
 //                  matvec/PQ<b>/int8  hlwq::matvec with int8 activations (llama.cpp's way)
+//   matvec_cached/PQ<b>/int8   256 x 4096 (in L2), one thread: arithmetic throughput alone
 //   matmul/...   4096 x 4096 times a batch of 8, 32, 128 tokens, one thread; items = flops
 //                (2 · rows · cols · batch); matmul/dense_f32/<n> is Eigen's product;
 //                matmul/PQ<b>/int8/<n> uses int8 activations.
@@ -148,6 +149,23 @@ void add_matvec(int bits, hlwq::activation_precision precision) {
         });
 }
 
+// The decode kernels' arithmetic throughput: a matrix small enough to stay in L2 (at most
+// 1 MB of codes), one thread, so that memory plays no part.
+void add_matvec_cached(int bits) {
+    constexpr std::size_t rows = 256;
+    add({"matvec_cached/PQ" + std::to_string(bits) + "/int8", "matvec_cached", 0, rows * kCols, "", ""},
+        [bits](benchmark::State& st) {
+            const auto q = hlwq::quantize(std::span(weights()).first(rows * kCols), rows, kCols, bits);
+            const auto x = gaussian(kCols, 2);
+            std::vector<float> y(rows);
+            for (auto _ : st) {
+                hlwq::matvec(q, x, y, {.threads = 1, .activations = hlwq::activation_precision::int8});
+                benchmark::DoNotOptimize(y.data());
+            }
+            st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * rows * kCols));
+        });
+}
+
 const hlwq::quantized_matrix& mm_quantized(int bits) {
     static std::map<int, hlwq::quantized_matrix> cache;
     auto it = cache.find(bits);
@@ -231,6 +249,7 @@ int main(int argc, char** argv) {
     hlwq_bench::group_notes() = {
         {"matvec", "16384 x 4096, 2 threads; bytes = bytes read (codes + norms, or the dense matrix); "
                    "x memcpy column = time / time of streaming the PQ4 matrix's bytes"},
+        {"matvec_cached", "256 x 4096, 1 thread, int8 activations, in L2: the kernels' arithmetic speed"},
         {"matmul", "4096 x 4096 x batch, 1 thread; items = flops (Mitems/s = MFLOP/s)"},
         {"prefill", "rows x cols / batch, 1 thread, PQ4; items = flops; speedup = Eigen fp32 time / its time"},
     };
@@ -239,6 +258,7 @@ int main(int argc, char** argv) {
     add_dense_matvec();
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::f32);
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::int8);
+    for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec_cached(bits);
     for (std::size_t n : {8, 32, 128}) add_matmul(n);
     for (std::size_t n : {32, 512}) {
         add_prefill(1536, 384, n);

@@ -70,8 +70,10 @@ inline std::string& speedup_note() {
 
 // ---------------------------------------------------------------------------------------
 // Reporter: forwards everything to the default display reporter (honours
-// --benchmark_format / --benchmark_color), keeps each benchmark's best real time, and prints
-// the RATIO table at Finalize().
+// --benchmark_format / --benchmark_color), keeps each benchmark's real times (one per
+// repetition), and prints the RATIO table at Finalize(): from the best times, and, for
+// --benchmark_repetitions (best with --benchmark_enable_random_interleaving, so that every
+// benchmark samples the same spells of a noisy machine), from the medians too.
 // ---------------------------------------------------------------------------------------
 class ratio_reporter final : public benchmark::BenchmarkReporter {
 public:
@@ -83,8 +85,7 @@ public:
         for (const Run& r : runs) {
             if (r.error_occurred || r.run_type != Run::RT_Iteration) continue;
             const double s = r.GetAdjustedRealTime() * seconds_per_unit(r.time_unit);
-            auto [it, fresh] = best_.try_emplace(r.run_name.function_name, s);
-            if (!fresh) it->second = std::min(it->second, s);
+            times_[r.run_name.function_name].push_back(s);
         }
         inner_->ReportRuns(runs);
     }
@@ -106,9 +107,17 @@ private:
         }
     }
     std::optional<double> time(const std::string& name) const {
-        if (name.empty()) return std::nullopt;
-        const auto it = best_.find(name);
-        return it == best_.end() ? std::nullopt : std::optional(it->second);
+        const auto it = times_.find(name);
+        if (it == times_.end()) return std::nullopt;
+        return *std::min_element(it->second.begin(), it->second.end());
+    }
+    std::optional<double> median(const std::string& name) const {
+        const auto it = times_.find(name);
+        if (it == times_.end()) return std::nullopt;
+        std::vector<double> v = it->second;
+        std::sort(v.begin(), v.end());
+        const std::size_t n = v.size();
+        return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
     }
     static std::string fmt_time(double s) {
         char buf[32];
@@ -123,10 +132,11 @@ private:
     }
 
     void print_table(std::ostream& os) const {
-        if (best_.empty()) return;
+        if (times_.empty()) return;
         char line[256];
         os << "\nRATIO table (from this run; best real time per iteration)\n"
               "  x memcpy = time / time of the group's memcpy of the same bytes (1.00 = memcpy speed)\n"
+              "  med x (n) = as x memcpy, from the median times of n repetitions\n"
               "  speedup  = time of the variant it is compared with / its time ("
            << speedup_note() << ")\n";
         std::string group;
@@ -135,15 +145,18 @@ private:
             if (!t) continue;
             if (e.group != group) {
                 group = e.group;
-                std::snprintf(line, sizeof line, "\n%s: %s\n  %-26s %10s %12s %9s %8s %10s %8s\n", group.c_str(),
-                              group_note(group), "", "bytes/it", "time/it", "x memcpy", "GB/s", "Mitems/s",
-                              "speedup");
+                std::snprintf(line, sizeof line, "\n%s: %s\n  %-26s %10s %12s %9s %11s %8s %10s %8s\n", group.c_str(),
+                              group_note(group), "", "bytes/it", "time/it", "x memcpy", "med x (n)", "GB/s",
+                              "Mitems/s", "speedup");
                 os << line;
             }
-            std::string ratio = "-", speedup = "-", items = "-";
+            std::string ratio = "-", med = "-", speedup = "-", items = "-";
             if (const auto b = time(e.baseline)) {
                 std::snprintf(line, sizeof line, "%.2f", *t / *b);
                 ratio = line;
+                std::snprintf(line, sizeof line, "%.2f (%zu)", *median(e.name) / *median(e.baseline),
+                              times_.at(e.name).size());
+                med = line;
             }
             if (const auto sc = time(e.scalar)) {
                 std::snprintf(line, sizeof line, "%.2fx", *sc / *t);
@@ -155,8 +168,8 @@ private:
                 std::snprintf(line, sizeof line, m >= 100 ? "%.1f" : "%.4g", m);
                 items = line;
             }
-            std::snprintf(line, sizeof line, "  %-26s %10zu %12s %9s %8.2f %10s %8s\n", e.name.c_str(), e.bytes,
-                          fmt_time(*t).c_str(), ratio.c_str(), static_cast<double>(e.bytes) / *t / 1e9,
+            std::snprintf(line, sizeof line, "  %-26s %10zu %12s %9s %11s %8.2f %10s %8s\n", e.name.c_str(), e.bytes,
+                          fmt_time(*t).c_str(), ratio.c_str(), med.c_str(), static_cast<double>(e.bytes) / *t / 1e9,
                           items.c_str(), speedup.c_str());
             os << line;
         }
@@ -164,7 +177,7 @@ private:
     }
 
     std::unique_ptr<benchmark::BenchmarkReporter> inner_;
-    std::map<std::string, double> best_;  // function name -> seconds per iteration
+    std::map<std::string, std::vector<double>> times_;  // function name -> seconds per iteration, per repetition
 };
 
 /// Runs the registered benchmarks with the RATIO table; returns main's exit code.

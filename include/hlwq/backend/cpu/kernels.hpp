@@ -27,8 +27,9 @@
 #include <utility>
 #include <vector>
 
-/// AVX-512 VNNI and VBMI (byte permutes), the instructions of the int8-activation product.
-#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__)
+/// AVX-512 VNNI, VBMI (byte permutes) and BITALG (bit gathers), the instructions of the
+/// int8-activation product (every Intel core with VNNI and VBMI has BITALG, as has Zen 4).
+#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && defined(__AVX512BITALG__)
 #define HLWQ_CPU_HAS_VNNI 1
 #else
 #define HLWQ_CPU_HAS_VNNI 0
@@ -561,7 +562,9 @@ struct kernels<backend::cpu<Arch>> {
 
     /// Puts one block of int8 activations in the order dot_row_int8<Bits> reads codes in.
     /// AVX-512 VNNI, 2 to 6 bits and blocks of 128k: each 128 values in the order of
-    /// fused_slot_code(). Identity otherwise.
+    /// fused_slot_code(); 6 to 8 bits otherwise: each 64 in the order of wide_slot(). AVX2,
+    /// 4 and 5 bits, blocks of 64k up to 1024: each 64 in the order of avx2_slot_code().
+    /// Identity otherwise.
     template <int Bits>
     static void order_activations_int8(std::int8_t* x, std::size_t block) noexcept {
 #if HLWQ_CPU_HAS_VNNI
@@ -581,7 +584,7 @@ struct kernels<backend::cpu<Arch>> {
         }
 #endif
 #if HLWQ_CPU_HAS_AVX2_INT8
-        if constexpr (Bits == 4 && avx2_int8(Bits)) {
+        if constexpr ((Bits == 4 || Bits == 5) && avx2_int8(Bits)) {  // the fused 4-bit plane's order
             if (block % 64 != 0 || block > 1024) return;
             std::int8_t chunk[64];
             for (std::size_t p = 0; p < block; p += 64) {
@@ -617,12 +620,25 @@ struct kernels<backend::cpu<Arch>> {
         if constexpr (avx2_int8(Bits)) {
             if (block % 64 == 0 && block <= 1024) {
                 float y;
-                dot_rows_avx2_decode<Bits, 1>(codes, 0, norms, blocks, block, avx2_table<Bits>(table), xq, xscale, &y);
+                dot_rows_avx2_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, avx2_table<Bits>(table), xq, xscale, &y);
                 return y;
             }
         }
 #endif
         return kernels<backend::scalar>::dot_row_int8<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
+    }
+
+    /// Calls f.template operator()<G>(r, stride) over groups of rows that together cover
+    /// 0..rows once: G = R rows r, r + stride, ..., r + (R-1)·stride, then the rows left over
+    /// one at a time (G = 1). The R rows come from R separate quarters of the range, so each
+    /// of the R streams the decode kernels read is one long run of consecutive rows: the
+    /// hardware prefetcher follows it as it does a plain streaming read, where R neighbouring
+    /// rows (short, interleaved runs in the same pages) left it behind.
+    template <std::size_t R, class F>
+    static void for_row_groups(std::size_t rows, F&& f) {
+        const std::size_t stride = rows / R;
+        for (std::size_t r = 0; r < stride; ++r) f.template operator()<R>(r, stride);
+        for (std::size_t r = R * stride; r < rows; ++r) f.template operator()<1>(r, std::size_t{1});
     }
 
     /// dot_row_int8 for `rows` rows (codes and norms consecutive, `blocks` blocks each) against
@@ -639,21 +655,17 @@ struct kernels<backend::cpu<Arch>> {
 #if HLWQ_CPU_HAS_VNNI
         if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
             if (block >= 64 && n == 1) {  // decode: straight from the codes, R rows at a time
-                constexpr std::size_t R = vnni_table<Bits>::narrow ? 4 : 2;
+                constexpr std::size_t R = 4;
                 const vnni_table<Bits> tab(table);
                 const std::size_t row_bytes = blocks * (block * Bits / 8);
-                std::size_t r = 0;
-                for (; r + R <= rows; r += R) {
+                for_row_groups<R>(rows, [&]<std::size_t G>(std::size_t r, std::size_t stride) {
                     if (block == 128)
-                        dot_rows_vnni_decode<Bits, R, 128>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block,
-                                                           tab, xq, xscale, xsum, y + r);
+                        dot_rows_vnni_decode<Bits, G, 128>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks, blocks,
+                                                           block, tab, xq, xscale, xsum, y + r);
                     else
-                        dot_rows_vnni_decode<Bits, R>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
-                                                      xq, xscale, xsum, y + r);
-                }
-                for (; r < rows; ++r)
-                    dot_rows_vnni_decode<Bits, 1>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
-                                                  xq, xscale, xsum, y + r);
+                        dot_rows_vnni_decode<Bits, G>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks, blocks, block,
+                                                      tab, xq, xscale, xsum, y + r);
+                });
                 return;
             }
             if (block >= 64) return dot_rows_vnni<Bits>(codes, norms, rows, blocks, block, table, xq, xscale, xsum, n, y, ldy);
@@ -667,18 +679,14 @@ struct kernels<backend::cpu<Arch>> {
                 const std::size_t row_bytes = blocks * (block * Bits / 8), len = blocks * block;
                 for (std::size_t i = 0; i < n; ++i) {
                     float* yi = y + i * ldy;  // token i's outputs: rows consecutive floats
-                    std::size_t r = 0;
-                    for (; r + R <= rows; r += R) {
+                    for_row_groups<R>(rows, [&]<std::size_t G>(std::size_t r, std::size_t stride) {
                         if (block == 128)
-                            dot_rows_avx2_decode<Bits, R, 128>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks,
-                                                               block, tab, xq + i * len, xscale + i * blocks, yi + r);
+                            dot_rows_avx2_decode<Bits, G, 128>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks,
+                                                               blocks, block, tab, xq + i * len, xscale + i * blocks, yi + r);
                         else
-                            dot_rows_avx2_decode<Bits, R>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block,
-                                                          tab, xq + i * len, xscale + i * blocks, yi + r);
-                    }
-                    for (; r < rows; ++r)
-                        dot_rows_avx2_decode<Bits, 1>(codes + r * row_bytes, row_bytes, norms + r * blocks, blocks, block, tab,
-                                                      xq + i * len, xscale + i * blocks, yi + r);
+                            dot_rows_avx2_decode<Bits, G>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks, blocks,
+                                                          block, tab, xq + i * len, xscale + i * blocks, yi + r);
+                    });
                 }
                 return;
             }
@@ -727,6 +735,11 @@ private:
     static void prefetch(const void* p, std::size_t offset) noexcept {
         _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + offset), _MM_HINT_T0);
     }
+
+    /// How far ahead the decode kernels prefetch each of their row streams, in rows: the same
+    /// block that many rows further down the stream. 1 and 2 measured alike on the Xeon
+    /// (docs/benchmarks.md); without the prefetch, PQ4 lost about a fifth of its speed.
+    static constexpr std::size_t prefetch_rows_ahead = 2;
 #endif
 
 #if HLWQ_CPU_HAS_AVX2_INT8
@@ -760,6 +773,11 @@ private:
             hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes + 32));
         }
 
+        /// 32 codes given as their low 4 bits and a byte mask of bit 4 -> their int8 centroids.
+        __m256i lookup_split(__m256i low, __m256i high) const noexcept {
+            return _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, low), _mm256_shuffle_epi8(hi, low), high);
+        }
+
         /// 32 byte codes -> their int8 centroids (5 bits: bit 4, shifted to each byte's sign
         /// bit, picks the upper half of the table).
         __m256i lookup(__m256i idx) const noexcept {
@@ -772,6 +790,20 @@ private:
         }
     };
 
+    /// 0xFF in byte k where bit 4 of the code in slot k of a 5-bit register is set, else 0.
+    /// h: the 64 codes' 1-bit plane (8 bytes) in every 64-bit lane. The register of low
+    /// nibbles (first = 0) holds codes 0..15 and 32..47, that of high nibbles (first = 2)
+    /// codes 16..31 and 48..63 (avx2_slot_code): plane bytes first, first + 1 (lane 0) and
+    /// first + 4, first + 5 (lane 1), each spread over 8 bytes and tested against its bit.
+    static __m256i high_bits(__m256i h, int first) noexcept {
+        const auto f = static_cast<char>(first);
+        const __m256i spread = _mm256_setr_epi8(f, f, f, f, f, f, f, f, f + 1, f + 1, f + 1, f + 1, f + 1, f + 1, f + 1, f + 1,
+                                                f + 4, f + 4, f + 4, f + 4, f + 4, f + 4, f + 4, f + 4, f + 5, f + 5, f + 5, f + 5,
+                                                f + 5, f + 5, f + 5, f + 5);
+        const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+        return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, spread), bit), bit);
+    }
+
     /// lanes + Σ w·x over 32 int8 centroids w and activations x, in 8 int32 lanes. maddubs
     /// multiplies unsigned by signed bytes: |x| by w with x's sign; its pair sums are at most
     /// 2·127·127 < 2^15, so they never saturate and the sums are exact.
@@ -780,14 +812,17 @@ private:
         return _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
     }
 
-    /// dot_row_int8 on AVX2 for R consecutive rows (codes row_bytes apart, norms `blocks`
-    /// apart) into y[0..R); block a multiple of 64, at most 1024. 4 bits straight from the
-    /// packed plane (activations in avx2_slot_code order), other widths unpack a block first.
+    /// dot_row_int8 on AVX2 for R rows `stride` rows apart (codes stride·row_bytes apart,
+    /// norms stride·blocks apart) into y[0], y[stride], ...; block a multiple of 64, at most
+    /// 1024. 4 and 5 bits straight from the packed planes (activations in avx2_slot_code
+    /// order; 5 bits take bit 4 from the 1-bit plane in place, see high_bits), other widths
+    /// unpack a block first.
     /// Each row's float operations do not depend on R (exact integer block sums, one
     /// multiply-add per block into 8 lanes, one pairwise lane sum), so every R gives the same bits.
     /// Block: the block size as a constant, or 0 to take `block_size`.
     template <int Bits, std::size_t R, std::size_t Block = 0>
-    static void dot_rows_avx2_decode(const std::uint8_t* codes, std::size_t row_bytes, const half* norms, std::size_t blocks,
+    static void dot_rows_avx2_decode(const std::uint8_t* codes, std::size_t row_bytes, std::size_t stride, const half* norms,
+                                     std::size_t blocks,
                                      std::size_t block_size, const avx2_table<Bits>& table_in, const std::int8_t* xq,
                                      const float* xscale, float* y) {
         const std::size_t block = Block ? Block : block_size, block_bytes = block * Bits / 8;
@@ -804,7 +839,7 @@ HLWQ_UNROLL(4)
                 std::copy_n(xscale + b, m, xs);
                 for (std::size_t j = 0; j < R; ++j) {
                     alignas(16) std::uint16_t h[8] = {};
-                    std::memcpy(h, norms + j * blocks + b, m * sizeof(half));
+                    std::memcpy(h, norms + j * stride * blocks + b, m * sizeof(half));
                     _mm256_store_ps(scales[j], _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h))),
                                                              _mm256_load_ps(xs)));
                 }
@@ -815,7 +850,7 @@ HLWQ_UNROLL(4)
             const std::uint8_t* c = codes + b * block_bytes;
             for (std::size_t j = 0; j < R; ++j)  // as in dot_rows_vnni_decode
                 for (std::size_t l = 0; l < block_bytes; l += 64)
-                    prefetch(c, (R + j) * row_bytes + l);
+                    prefetch(c, (j * stride + prefetch_rows_ahead) * row_bytes + l);
             if constexpr (Bits == 4) {
                 for (std::size_t p = 0; p < block; p += 64) {
                     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
@@ -823,14 +858,32 @@ HLWQ_UNROLL(4)
                     const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
 HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) {
-                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j * row_bytes + p / 2));
+                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j * stride * row_bytes + p / 2));
                         lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(v, low4)), a0, x0);
                         lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)), a1, x1);
                     }
                 }
+            } else if constexpr (Bits == 5) {  // the 4-bit plane as above, bit 4 from the 1-bit plane
+                const std::uint8_t* plane1 = c + block / 2;
+                for (std::size_t p = 0; p < block; p += 64) {
+                    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
+                    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p + 32));
+                    const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
+HLWQ_UNROLL(4)
+                    for (std::size_t j = 0; j < R; ++j) {
+                        const std::uint8_t* row = c + j * stride * row_bytes;
+                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + p / 2));
+                        std::uint64_t bits;  // bit t of 32-bit word g: bit 4 of code 32g + t
+                        std::memcpy(&bits, plane1 + (j * stride * row_bytes) + p / 8, sizeof bits);
+                        const __m256i h = _mm256_set1_epi64x(static_cast<long long>(bits));
+                        lanes[j] = dot32(lanes[j], tab.lookup_split(_mm256_and_si256(v, low4), high_bits(h, 0)), a0, x0);
+                        lanes[j] = dot32(lanes[j], tab.lookup_split(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), high_bits(h, 2)),
+                                         a1, x1);
+                    }
+                }
             } else {
                 alignas(32) std::uint8_t unpacked[R][1024];
-                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * row_bytes, block, unpacked[j]);
+                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * stride * row_bytes, block, unpacked[j]);
                 for (std::size_t p = 0; p < block; p += 32) {
                     const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
                     const __m256i a = _mm256_abs_epi8(x);
@@ -848,7 +901,7 @@ HLWQ_UNROLL(4)
         for (std::size_t j = 0; j < R; ++j) {  // s[i] + s[i+4], then +2, +1
             __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[j]), _mm256_extractf128_ps(acc[j], 1));
             v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-            y[j] = _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
+            y[j * stride] = _mm_cvtss_f32(_mm_add_ss(v, _mm_shuffle_ps(v, v, 1)));
         }
     }
 #endif
@@ -891,15 +944,23 @@ HLWQ_UNROLL(4)
             r0 = _mm512_and_si512(v, low4);
             r1 = _mm512_and_si512(_mm512_maskz_srli_epi16(all16, v, 4), low4);
             if constexpr (Bits == 5) {
-                // 1-bit plane: word g bit t = bit 4 of code 32g + t. Low halves of the four
-                // words are register 0's mask, high halves register 1's.
-                const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + block / 2 + 16 * p));
-                const __m128i m = _mm_shuffle_epi8(w, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+                // 1-bit plane: word g bit t = bit 4 of code 32g + t, so its first 64-bit word
+                // covers codes 0..63 (lanes 0, 1 of either register), its second 64..127
+                // (lanes 2, 3). vpshufbitqmb picks each slot's bit from the same 64-bit word of
+                // a source that holds the first word in words 0..3 and the second in 4..7.
+                std::uint64_t q[2];
+                std::memcpy(q, codes + block / 2 + 16 * p, sizeof q);
+                const __m512i src = _mm512_mask_set1_epi64(_mm512_set1_epi64(static_cast<long long>(q[0])), 0xF0,
+                                                           static_cast<long long>(q[1]));
+                alignas(64) static constexpr auto select = [] {  // slot (g, i) of register h: bit 32g + 16h + i
+                    std::array<std::array<std::uint8_t, 64>, 2> a{};
+                    for (std::size_t h = 0; h < 2; ++h)
+                        for (std::size_t s = 0; s < 64; ++s) a[h][s] = static_cast<std::uint8_t>((32 * (s / 16) + 16 * h + s % 16) % 64);
+                    return a;
+                }();
                 const __m512i bit4 = _mm512_set1_epi8(0x10);
-                r0 = _mm512_mask_or_epi32(r0, 0xFFFF, r0,
-                                          _mm512_maskz_mov_epi8(_cvtu64_mask64(static_cast<std::uint64_t>(_mm_cvtsi128_si64(m))), bit4));
-                r1 = _mm512_mask_or_epi32(r1, 0xFFFF, r1,
-                                          _mm512_maskz_mov_epi8(_cvtu64_mask64(static_cast<std::uint64_t>(_mm_extract_epi64(m, 1))), bit4));
+                r0 = _mm512_mask_add_epi8(r0, _mm512_bitshuffle_epi64_mask(src, _mm512_load_si512(select[0].data())), r0, bit4);
+                r1 = _mm512_mask_add_epi8(r1, _mm512_bitshuffle_epi64_mask(src, _mm512_load_si512(select[1].data())), r1, bit4);
             } else if constexpr (Bits == 6) {
                 // 2-bit plane of group g: byte 8g + i holds bits 4..5 of codes 32g + i + 8s at
                 // shift 2s. Lane g of d = its 8 bytes twice; shift each to bits 4..5.
@@ -1039,8 +1100,8 @@ HLWQ_UNROLL(4)
         return _mm512_cvtss_f32(v);
     }
 
-    /// dot_row_int8 on AVX-512 VNNI for R consecutive rows (codes row_bytes apart, norms
-    /// `blocks` apart) into y[0..R); block >= 64, a power of two. Straight from the packed
+    /// dot_row_int8 on AVX-512 VNNI for R rows `stride` rows apart (codes stride·row_bytes
+    /// apart, norms stride·blocks apart) into y[0], y[stride], ...; block >= 64, a power of two. Straight from the packed
     /// codes: the activations' loads and each block's bias are shared by the R rows, whose
     /// R accumulators hide the multiply-add latency. A row's operations do not depend on R
     /// (the integer block sums are exact, their scaling and the lane sum are the same), so
@@ -1048,7 +1109,8 @@ HLWQ_UNROLL(4)
     /// Block: the block size as a constant (the loops unroll, the scalar bookkeeping goes), or
     /// 0 to take `block_size`.
     template <int Bits, std::size_t R, std::size_t Block = 0>
-    static void dot_rows_vnni_decode(const std::uint8_t* codes, std::size_t row_bytes, const half* norms, std::size_t blocks,
+    static void dot_rows_vnni_decode(const std::uint8_t* codes, std::size_t row_bytes, std::size_t stride, const half* norms,
+                                     std::size_t blocks,
                                      std::size_t block_size, const vnni_table<Bits>& table_in, const std::int8_t* xq,
                                      const float* xscale, const std::int32_t* xsum, float* y) {
         using table = vnni_table<Bits>;
@@ -1065,24 +1127,24 @@ HLWQ_UNROLL(4)
                 const auto m = static_cast<__mmask16>(blocks - b >= 16 ? 0xFFFF : (1u << (blocks - b)) - 1);
                 const __m512 xs = _mm512_maskz_loadu_ps(m, xscale + b);
                 for (std::size_t j = 0; j < R; ++j)
-                    _mm512_store_ps(scales[j], _mm512_maskz_mul_ps(m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + j * blocks + b)), xs));
+                    _mm512_store_ps(scales[j], _mm512_maskz_mul_ps(m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + j * stride * blocks + b)), xs));
             }
             const __m512i init = table::narrow ? _mm512_maskz_set1_epi32(1, -128 * xsum[b]) : _mm512_setzero_si512();
             __m512i lanes[R];
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
             const std::uint8_t* c = codes + b * block_bytes;
-            // The same block of the next R rows, about R rows' time ahead: far enough to hide
-            // the memory latency that the hardware prefetcher leaves exposed at this compute
-            // per byte. (Prefetches never fault, past the last row too.)
+            // The same block prefetch_rows_ahead rows down each stream: far enough to hide the
+            // memory latency that the hardware prefetcher leaves exposed at this compute per
+            // byte. (Prefetches never fault, past the last row too.)
             for (std::size_t j = 0; j < R; ++j)
                 for (std::size_t l = 0; l < block_bytes; l += 64)
-                    prefetch(c, (R + j) * row_bytes + l);
+                    prefetch(c, (j * stride + prefetch_rows_ahead) * row_bytes + l);
             if (fused) {
                 for (std::size_t p = 0; p < block / 128; ++p) {
                     __m512i r0[R], r1[R];
 HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j) chunk_codes<Bits>(c + j * row_bytes, block, p, r0[j], r1[j]);
+                    for (std::size_t j = 0; j < R; ++j) chunk_codes<Bits>(c + j * stride * row_bytes, block, p, r0[j], r1[j]);
                     const auto x0 = table::load(xq + 128 * p);
 HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r0[j], x0);
@@ -1090,9 +1152,16 @@ HLWQ_UNROLL(4)
 HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r1[j], x1);
                 }
+            } else if constexpr (Bits == 8) {  // the 8-bit plane is the codes, one per byte
+                for (std::size_t p = 0; p < block; p += 64) {
+                    const auto x = table::load(xq + p);
+HLWQ_UNROLL(4)
+                    for (std::size_t j = 0; j < R; ++j)
+                        lanes[j] = tab.dot64(lanes[j], _mm512_loadu_si512(c + j * stride * row_bytes + p), x);
+                }
             } else {
                 alignas(64) std::uint8_t unpacked[R][1024];
-                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * row_bytes, block, unpacked[j]);
+                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * stride * row_bytes, block, unpacked[j]);
                 for (std::size_t p = 0; p < block; p += 64) {
                     const auto x = table::load(xq + p);
                     for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], _mm512_load_si512(unpacked[j] + p), x);
@@ -1103,7 +1172,7 @@ HLWQ_UNROLL(4)
                 acc[j] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes[j]), _mm512_set1_ps(scales[j][b % 16]), acc[j]);
         }
 HLWQ_UNROLL(4)
-        for (std::size_t j = 0; j < R; ++j) y[j] = pairwise_sum(acc[j]);
+        for (std::size_t j = 0; j < R; ++j) y[j * stride] = pairwise_sum(acc[j]);
     }
 
     /// dot_row_int8 on AVX-512 VNNI (block >= 64, a power of two).
@@ -1112,7 +1181,7 @@ HLWQ_UNROLL(4)
                               const std::int16_t* table, const std::int8_t* xq, const float* xscale,
                               const std::int32_t* xsum) {
         float y;
-        dot_rows_vnni_decode<Bits, 1>(codes, 0, norms, blocks, block, vnni_table<Bits>(table), xq, xscale, xsum, &y);
+        dot_rows_vnni_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, vnni_table<Bits>(table), xq, xscale, xsum, &y);
         return y;
     }
 
