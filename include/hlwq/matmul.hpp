@@ -52,8 +52,12 @@ struct product_options {
 
 namespace detail {
 
-/// The codebook as integers for the int8 product: values[k] = round(centroid_k / step), with
-/// step = max|centroid| / int_table_max<Bits>.
+/// The codebook as integers for the int8 product, with step = max|centroid| / int_table_max<Bits>:
+/// values[k] = round(centroid_k / step) for int8 tables (up to 5 bits); the nearest odd integer
+/// for int16 tables (6..8 bits, within one unit, far below the codebook's own distortion).
+/// Odd values keep a symmetric codebook's table symmetric, values[L-1-k] = -values[k], with
+/// no low byte 0, so that the AVX-512 kernel can look up the positive half alone and negate
+/// bytewise (see vnni_table).
 struct int_table {
     std::array<std::int16_t, 256> values{};  ///< integer centroids
     float step = 0.0f;                       ///< value of one integer unit
@@ -65,9 +69,12 @@ int_table make_int_table(std::span<const float> centroids) {
     float largest = 0.0f;
     for (float c : centroids) largest = std::max(largest, std::abs(c));
     t.step = largest > 0.0f ? largest / static_cast<float>(int_table_max<Bits>) : 1.0f;
-    for (std::size_t k = 0; k < centroids.size(); ++k)
-        t.values[k] = static_cast<std::int16_t>(std::clamp(std::nearbyint(centroids[k] / t.step),
-                                                            -float{int_table_max<Bits>}, float{int_table_max<Bits>}));
+    constexpr float top = int_table_max<Bits>;
+    for (std::size_t k = 0; k < centroids.size(); ++k) {
+        const float x = centroids[k] / t.step;
+        const float v = top == 127 ? std::nearbyint(x) : std::copysign(2 * std::floor(std::abs(x) / 2) + 1, x);
+        t.values[k] = static_cast<std::int16_t>(std::clamp(v, -top, top));
+    }
     return t;
 }
 

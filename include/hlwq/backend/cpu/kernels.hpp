@@ -562,24 +562,18 @@ struct kernels<backend::cpu<Arch>> {
 
     /// Puts one block of int8 activations in the order dot_row_int8<Bits> reads codes in.
     /// AVX-512 VNNI, 2 to 6 bits and blocks of 128k: each 128 values in the order of
-    /// fused_slot_code(); 6 to 8 bits otherwise: each 64 in the order of wide_slot(). AVX2,
+    /// fused_slot_code(). AVX2,
     /// 4 and 5 bits, blocks of 64k up to 1024: each 64 in the order of avx2_slot_code().
     /// Identity otherwise.
     template <int Bits>
     static void order_activations_int8(std::int8_t* x, std::size_t block) noexcept {
 #if HLWQ_CPU_HAS_VNNI
         if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
-            constexpr bool wide = int_table_max<Bits> != 127;
-            const bool fused = fused_int8(Bits) && block % 128 == 0;
-            if (block < 64 || (!fused && !wide)) return;
-            const std::size_t chunk = fused ? 128 : 64;
+            if (!fused_int8(Bits) || block % 128 != 0) return;
             std::int8_t values[128];
-            for (std::size_t p = 0; p < block; p += chunk) {
-                std::copy_n(x + p, chunk, values);
-                for (std::size_t j = 0; j < chunk; ++j) {
-                    const std::size_t slot = wide ? 64 * (j / 64) + wide_slot(j % 64) : j;
-                    x[p + j] = values[fused ? fused_slot_code(Bits, slot) : slot];
-                }
+            for (std::size_t p = 0; p < block; p += 128) {
+                std::copy_n(x + p, 128, values);
+                for (std::size_t j = 0; j < 128; ++j) x[p + j] = values[fused_slot_code(Bits, j)];
             }
         }
 #endif
@@ -604,7 +598,8 @@ struct kernels<backend::cpu<Arch>> {
     /// bytes, is looked up with byte shuffles and multiplied into int8 activations with
     /// `vpdpbusd`, 64 products per instruction; the bias comes back out as 128 · xsum[b].
     /// 2..6 bits read the codes straight from the packed planes (blocks of 128k); other
-    /// widths unpack a block first. 6..8 bits (int16 tables): word permutes and `vpdpwssd`.
+    /// widths (8 bits: its plane is the codes) unpack a block first. 6..8 bits (int16
+    /// tables): low and high bytes looked up and multiplied apart (see vnni_table).
     /// AVX2 (2..5 bits): byte shuffles look the table up and `vpmaddubsw` multiplies, with
     /// the activation's sign moved onto the centroid (see dot32). Otherwise the scalar reference.
     template <int Bits>
@@ -851,20 +846,7 @@ HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j)  // as in dot_rows_vnni_decode
                 for (std::size_t l = 0; l < block_bytes; l += 64)
                     prefetch(c, (j * stride + prefetch_rows_ahead) * row_bytes + l);
-            if constexpr (Bits == 4) {
-                for (std::size_t p = 0; p < block; p += 64) {
-                    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
-                    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p + 32));
-                    const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
-HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j) {
-                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + j * stride * row_bytes + p / 2));
-                        lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(v, low4)), a0, x0);
-                        lanes[j] = dot32(lanes[j], tab.lookup(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4)), a1, x1);
-                    }
-                }
-            } else if constexpr (Bits == 5) {  // the 4-bit plane as above, bit 4 from the 1-bit plane
-                const std::uint8_t* plane1 = c + block / 2;
+            if constexpr (Bits == 4 || Bits == 5) {  // the 4-bit plane in place; 5 bits: bit 4 from the 1-bit plane
                 for (std::size_t p = 0; p < block; p += 64) {
                     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
                     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p + 32));
@@ -873,12 +855,20 @@ HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) {
                         const std::uint8_t* row = c + j * stride * row_bytes;
                         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + p / 2));
-                        std::uint64_t bits;  // bit t of 32-bit word g: bit 4 of code 32g + t
-                        std::memcpy(&bits, plane1 + (j * stride * row_bytes) + p / 8, sizeof bits);
-                        const __m256i h = _mm256_set1_epi64x(static_cast<long long>(bits));
-                        lanes[j] = dot32(lanes[j], tab.lookup_split(_mm256_and_si256(v, low4), high_bits(h, 0)), a0, x0);
-                        lanes[j] = dot32(lanes[j], tab.lookup_split(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), high_bits(h, 2)),
-                                         a1, x1);
+                        const __m256i k0 = _mm256_and_si256(v, low4), k1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                        __m256i w0, w1;
+                        if constexpr (Bits == 4) {
+                            w0 = tab.lookup(k0);
+                            w1 = tab.lookup(k1);
+                        } else {
+                            std::uint64_t bits;  // bit t of 32-bit word g: bit 4 of code 32g + t
+                            std::memcpy(&bits, row + block / 2 + p / 8, sizeof bits);
+                            const __m256i h = _mm256_set1_epi64x(static_cast<long long>(bits));
+                            w0 = tab.lookup_split(k0, high_bits(h, 0));
+                            w1 = tab.lookup_split(k1, high_bits(h, 2));
+                        }
+                        lanes[j] = dot32(lanes[j], w0, a0, x0);
+                        lanes[j] = dot32(lanes[j], w1, a1, x1);
                     }
                 }
             } else {
@@ -921,14 +911,6 @@ HLWQ_UNROLL(4)
         if (bits >= 4) return 32 * (k / 16) + 16 * reg + k % 16;
         const std::size_t h = k / 32, m = k % 32;
         return 32 * (m / 8) + m % 8 + 8 * (2 * reg + h);
-    }
-
-    /// Which of 64 byte slots the int16 operand word k (0..63, two registers) of a wide table
-    /// holds: unpacklo/unpackhi interleave bytes 0..7 / 8..15 of each 128-bit lane L into
-    /// words 8L..8L+7 of the first / second register.
-    static constexpr std::size_t wide_slot(std::size_t k) noexcept {
-        const std::size_t reg = k / 32, lane = (k % 32) / 8;
-        return 16 * lane + 8 * reg + k % 8;
     }
 
     /// The two registers of byte codes (order: fused_slot_code) of chunk p (codes 128p ..
@@ -1009,11 +991,13 @@ HLWQ_UNROLL(4)
         (void)all;
     }
 
-    /// The integer codebook in the registers the VNNI kernels look it up in. Narrow tables
-    /// (up to 5 bits): biased by 128 to unsigned bytes, one byte-permute register (vpermb reads
-    /// 6 index bits, so the table repeats). Wide tables (6..8 bits, int16): their low and
-    /// high bytes as two byte tables (1, 2 or 4 registers each) looked up with byte permutes,
-    /// then interleaved into words (see wide_slot).
+    /// The integer codebook in the registers the VNNI kernels look it up in, and the integer
+    /// block sums built on it. Narrow tables (up to 5 bits): biased by 128 to unsigned bytes,
+    /// one byte-permute register (vpermb reads 6 index bits, so the table repeats); the bias
+    /// comes back out as 128 · xsum in lane 0. Wide tables (6..8 bits, int16 c = 256·h + l):
+    /// two byte tables, l and h + 128 (1, 2 or 4 registers each), each multiplied into the
+    /// activations with vpdpbusd: Σ c·x = 256 · Σ h·x + Σ l·x, the bias 128 · x subtracted in
+    /// the lane it entered, so that every lane holds the exact sum of its own products.
     template <int Bits>
     struct vnni_table {
         static constexpr std::size_t levels = std::size_t{1} << Bits;
@@ -1021,6 +1005,9 @@ HLWQ_UNROLL(4)
         static constexpr std::size_t regs = narrow ? 1 : levels / 64;  // registers per byte table
         __m512i lut;
         __m512i lo[regs], hi[regs];
+        /// 8 bits: the table is symmetric with odd values (see make_int_table), so registers 2
+        /// and 3 (the positive half) hold every entry up to sign.
+        bool mirrored = false;
 
         explicit vnni_table(const std::int16_t* table) noexcept {
             alignas(64) std::uint8_t biased[64];
@@ -1030,8 +1017,12 @@ HLWQ_UNROLL(4)
                 for (std::size_t k = 0; k < levels; ++k) {
                     const auto v = static_cast<std::uint16_t>(table[k]);
                     bytes[0][k] = static_cast<std::uint8_t>(v & 0xFF);
-                    bytes[1][k] = static_cast<std::uint8_t>(v >> 8);
+                    bytes[1][k] = static_cast<std::uint8_t>((v >> 8) ^ 0x80);  // h + 128
                 }
+            if constexpr (regs == 4) {
+                mirrored = true;
+                for (std::size_t k = 0; k < 128; ++k) mirrored &= table[255 - k] == -table[k] && (table[k] & 1) != 0;
+            }
             lut = _mm512_load_si512(biased);
             for (std::size_t k = 0; k < regs; ++k) {
                 lo[k] = _mm512_load_si512(bytes[0] + 64 * k);
@@ -1039,54 +1030,88 @@ HLWQ_UNROLL(4)
             }
         }
 
-        /// 64 byte codes -> one byte of each entry from a wide table's byte table t.
-        static __m512i lookup_bytes(const __m512i* t, __m512i idx) noexcept {
+        /// 64 byte codes -> one byte of each entry from a wide table's byte table t. 8 bits:
+        /// `upper` marks the codes with bit 7 set; the first permute looks up the others (and
+        /// keeps their codes), the second the marked ones, so no blend is needed.
+        static __m512i lookup_bytes(const __m512i* t, __m512i idx, __mmask64 upper) noexcept {
             constexpr __mmask64 all = ~__mmask64{0};
             if constexpr (regs == 1) {
                 return _mm512_maskz_permutexvar_epi8(all, idx, t[0]);
             } else if constexpr (regs == 2) {
                 return _mm512_permutex2var_epi8(t[0], idx, t[1]);
-            } else {  // bit 7 of the code picks the upper 128 entries
-                return _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), _mm512_permutex2var_epi8(t[0], idx, t[1]),
-                                              _mm512_permutex2var_epi8(t[2], idx, t[3]));
-            }
-        }
-
-        /// Wide tables: 64 byte codes -> their int16 centroids as two registers of words, the
-        /// low and high bytes interleaved within each 128-bit lane (see wide_slot).
-        void words(__m512i idx, __m512i& w0, __m512i& w1) const noexcept {
-            const __m512i l = lookup_bytes(lo, idx), h = lookup_bytes(hi, idx);
-            w0 = _mm512_unpacklo_epi8(l, h);
-            w1 = _mm512_unpackhi_epi8(l, h);
-        }
-
-        /// 64 activations as the multiply-adds take them: bytes (narrow), or two registers of
-        /// 32 words (wide). Loaded once per step and shared by every row.
-        struct activations {
-            __m512i lo, hi;
-        };
-        static activations load(const std::int8_t* x) noexcept {
-            constexpr __mmask32 all16 = ~__mmask32{0};
-            if constexpr (narrow) {
-                return {_mm512_loadu_si512(x), _mm512_setzero_si512()};
             } else {
-                return {_mm512_maskz_cvtepi8_epi16(all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
-                        _mm512_maskz_cvtepi8_epi16(all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)))};
+                const __m512i low = _mm512_mask2_permutex2var_epi8(t[0], idx, _knot_mask64(upper), t[1]);
+                return _mm512_mask2_permutex2var_epi8(t[2], low, upper, t[3]);
             }
         }
 
-        /// lanes + the products of 64 byte codes' centroids with 64 activations, in int32 lanes.
-        __m512i dot64(__m512i lanes, __m512i idx, const activations& x) const noexcept {
+        /// 64 byte codes -> the unsigned byte operands of vpdpbusd: the biased centroids
+        /// (narrow, in w), or l in w and h + 128 in w_high (wide).
+        void operands(__m512i idx, __m512i& w, __m512i& w_high) const noexcept {
             constexpr __mmask64 all = ~__mmask64{0};
             if constexpr (narrow) {
-                const __m512i w = Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx) : _mm512_maskz_permutexvar_epi8(all, idx, lut);
-                return _mm512_dpbusd_epi32(lanes, w, x.lo);
+                w = Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx) : _mm512_maskz_permutexvar_epi8(all, idx, lut);
+                w_high = w;
+            } else if (regs == 4 && mirrored) {
+                // The negative half (bit 7 clear) reads entry 255 - k of the positive half and
+                // negates it bytewise: -(256·h + l) = 256·~h + (256 - l), as l is odd.
+                const __mmask64 negative = _knot_mask64(_mm512_movepi8_mask(idx));
+                const __m512i half = _mm512_mask_sub_epi8(idx, negative, _mm512_set1_epi8(0x7F), idx);
+                w = _mm512_permutex2var_epi8(lo[regs - 2], half, lo[regs - 1]);
+                w_high = _mm512_permutex2var_epi8(hi[regs - 2], half, hi[regs - 1]);
+                w = _mm512_mask_sub_epi8(w, negative, _mm512_setzero_si512(), w);
+                w_high = _mm512_mask_sub_epi8(w_high, negative, _mm512_set1_epi8(-1), w_high);  // ~(h + 128)
             } else {
-                __m512i w0, w1;
-                words(idx, w0, w1);
-                lanes = _mm512_dpwssd_epi32(lanes, w0, x.lo);
-                return _mm512_dpwssd_epi32(lanes, w1, x.hi);
+                const __mmask64 upper = regs == 4 ? _mm512_movepi8_mask(idx) : 0;
+                w = lookup_bytes(lo, idx, upper);
+                w_high = lookup_bytes(hi, idx, upper);
             }
+        }
+
+        /// A block's integer sum in the making: int32 lanes (narrow), or the lanes of the
+        /// high bytes' and the low bytes' products (wide), put together by total().
+        struct sums {
+            __m512i high, low;
+        };
+
+        /// The sums a block starts from. narrow: −128 · xsum in lane 0. wide: −128 · (the
+        /// lane's 4 activations) per 64-value step, from `bias` (see activation_bias).
+        static sums start(std::int32_t xsum, __m512i bias) noexcept {
+            if constexpr (narrow) return {_mm512_maskz_set1_epi32(1, -128 * xsum), _mm512_setzero_si512()};
+            else return {_mm512_sub_epi32(_mm512_setzero_si512(), bias), _mm512_setzero_si512()};
+        }
+
+        /// Wide tables: 128 · Σ x per int32 lane over the `steps` 64-value steps of a block of
+        /// activations x (what h + 128 adds in each lane). Shared by every row.
+        static __m512i activation_bias(const std::int8_t* x, std::size_t steps) noexcept {
+            __m512i bias = _mm512_setzero_si512();
+            if constexpr (!narrow)
+                for (std::size_t p = 0; p < steps; ++p)
+                    bias = _mm512_dpbusd_epi32(bias, _mm512_set1_epi8(static_cast<char>(0x80)), _mm512_loadu_si512(x + 64 * p));
+            return bias;
+        }
+
+        /// s + the products of the centroids of 64 byte codes with 64 activations x.
+        void dot64(sums& s, __m512i idx, __m512i x) const noexcept {
+            __m512i w, w_high;
+            operands(idx, w, w_high);
+            accumulate(s, w, w_high, x);
+        }
+
+        /// s + the products of looked-up operands (see operands()) with 64 activations x.
+        static void accumulate(sums& s, __m512i w, __m512i w_high, __m512i x) noexcept {
+            if constexpr (narrow) {
+                s.high = _mm512_dpbusd_epi32(s.high, w, x);
+            } else {
+                s.high = _mm512_dpbusd_epi32(s.high, w_high, x);
+                s.low = _mm512_dpbusd_epi32(s.low, w, x);
+            }
+        }
+
+        /// The block's integer sum per lane: exact (|lane| < 2^31 for every table and block).
+        static __m512i total(const sums& s) noexcept {
+            if constexpr (narrow) return s.high;
+            else return _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, s.high, 8), s.low);  // maskz: GCC 12 warns on the plain form
         }
     };
 
@@ -1101,11 +1126,11 @@ HLWQ_UNROLL(4)
     }
 
     /// dot_row_int8 on AVX-512 VNNI for R rows `stride` rows apart (codes stride·row_bytes
-    /// apart, norms stride·blocks apart) into y[0], y[stride], ...; block >= 64, a power of two. Straight from the packed
-    /// codes: the activations' loads and each block's bias are shared by the R rows, whose
-    /// R accumulators hide the multiply-add latency. A row's operations do not depend on R
-    /// (the integer block sums are exact, their scaling and the lane sum are the same), so
-    /// every R gives the same bits.
+    /// apart, norms stride·blocks apart) into y[0], y[stride], ...; block >= 64, a power of
+    /// two. Straight from the packed codes: the activations' loads and each block's bias are
+    /// shared by the R rows, whose R accumulators hide the multiply-add latency. A row's
+    /// operations do not depend on R (the integer block sums are exact, their scaling and the
+    /// lane sum are the same), so every R gives the same bits.
     /// Block: the block size as a constant (the loops unroll, the scalar bookkeeping goes), or
     /// 0 to take `block_size`.
     template <int Bits, std::size_t R, std::size_t Block = 0>
@@ -1129,8 +1154,8 @@ HLWQ_UNROLL(4)
                 for (std::size_t j = 0; j < R; ++j)
                     _mm512_store_ps(scales[j], _mm512_maskz_mul_ps(m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + j * stride * blocks + b)), xs));
             }
-            const __m512i init = table::narrow ? _mm512_maskz_set1_epi32(1, -128 * xsum[b]) : _mm512_setzero_si512();
-            __m512i lanes[R];
+            const auto init = table::start(xsum[b], table::activation_bias(xq, block / 64));
+            typename table::sums lanes[R];
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
             const std::uint8_t* c = codes + b * block_bytes;
@@ -1145,31 +1170,31 @@ HLWQ_UNROLL(4)
                     __m512i r0[R], r1[R];
 HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) chunk_codes<Bits>(c + j * stride * row_bytes, block, p, r0[j], r1[j]);
-                    const auto x0 = table::load(xq + 128 * p);
+                    const __m512i x0 = _mm512_loadu_si512(xq + 128 * p);
 HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r0[j], x0);
-                    const auto x1 = table::load(xq + 128 * p + 64);
+                    for (std::size_t j = 0; j < R; ++j) tab.dot64(lanes[j], r0[j], x0);
+                    const __m512i x1 = _mm512_loadu_si512(xq + 128 * p + 64);
 HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], r1[j], x1);
+                    for (std::size_t j = 0; j < R; ++j) tab.dot64(lanes[j], r1[j], x1);
                 }
             } else if constexpr (Bits == 8) {  // the 8-bit plane is the codes, one per byte
                 for (std::size_t p = 0; p < block; p += 64) {
-                    const auto x = table::load(xq + p);
+                    const __m512i x = _mm512_loadu_si512(xq + p);
 HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j)
-                        lanes[j] = tab.dot64(lanes[j], _mm512_loadu_si512(c + j * stride * row_bytes + p), x);
+                    for (std::size_t j = 0; j < R; ++j) tab.dot64(lanes[j], _mm512_loadu_si512(c + j * stride * row_bytes + p), x);
                 }
             } else {
                 alignas(64) std::uint8_t unpacked[R][1024];
                 for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * stride * row_bytes, block, unpacked[j]);
                 for (std::size_t p = 0; p < block; p += 64) {
-                    const auto x = table::load(xq + p);
-                    for (std::size_t j = 0; j < R; ++j) lanes[j] = tab.dot64(lanes[j], _mm512_load_si512(unpacked[j] + p), x);
+                    const __m512i x = _mm512_loadu_si512(xq + p);
+                    for (std::size_t j = 0; j < R; ++j) tab.dot64(lanes[j], _mm512_load_si512(unpacked[j] + p), x);
                 }
             }
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j)
-                acc[j] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes[j]), _mm512_set1_ps(scales[j][b % 16]), acc[j]);
+                acc[j] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, table::total(lanes[j])), _mm512_set1_ps(scales[j][b % 16]),
+                                         acc[j]);
         }
 HLWQ_UNROLL(4)
         for (std::size_t j = 0; j < R; ++j) y[j * stride] = pairwise_sum(acc[j]);
@@ -1186,34 +1211,28 @@ HLWQ_UNROLL(4)
     }
 
     /// dot_rows_int8 on AVX-512 VNNI (block >= 64, a power of two). The operands are the bytes
-    /// (narrow tables: biased centroids) or words (wide tables) dot_rows_vnni_decode feeds its
-    /// multiply-adds, in the same order and lanes, so the integer lanes, their scaling and the
-    /// final pairwise lane sum are the same operations: the results are bit-identical.
+    /// dot_rows_vnni_decode feeds its multiply-adds (vnni_table::operands), in the same order
+    /// and lanes, so the integer lanes, their scaling and the final pairwise lane sum are the
+    /// same operations: the results are bit-identical.
     template <int Bits>
     static void dot_rows_vnni(const std::uint8_t* codes, const half* norms, std::size_t rows, std::size_t blocks,
                               std::size_t block, const std::int16_t* table, const std::int8_t* xq, const float* xscale,
                               const std::int32_t* xsum, std::size_t n, float* y, std::size_t ldy) {
-        constexpr __mmask64 all = ~__mmask64{0};
-        constexpr __mmask32 all16 = ~__mmask32{0};
-        constexpr bool narrow = int_table_max<Bits> == 127;
-        constexpr std::size_t R = 4, T = 3;  // vnni_tile's rows and tokens
-        using elem = std::conditional_t<narrow, std::uint8_t, std::int16_t>;
+        using table_t = vnni_table<Bits>;
+        constexpr std::size_t R = 4, T = 3;                 // vnni_tile's rows and tokens
+        constexpr std::size_t K = table_t::narrow ? 1 : 2;  // operand bytes per code
         const std::size_t block_bytes = block * Bits / 8, len = blocks * block;
         const bool fused = fused_int8(Bits) && block % 128 == 0;
-        const vnni_table<Bits> tab(table);  // the tables dot_rows_vnni_decode looks up
-        // 64 byte codes -> the multiplier operand of the 64 activations they meet
-        auto put64 = [&](__m512i idx, elem* dst) {
-            if constexpr (narrow) {
-                _mm512_storeu_si512(dst, Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, tab.lut, idx)
-                                                   : _mm512_maskz_permutexvar_epi8(all, idx, tab.lut));
-            } else {
-                __m512i w0, w1;
-                tab.words(idx, w0, w1);
-                _mm512_storeu_si512(dst, w0);
-                _mm512_storeu_si512(dst + 32, w1);
-            }
+        const table_t tab(table);  // the tables dot_rows_vnni_decode looks up
+        // 64 byte codes -> the operands of the 64 activations they meet: w (narrow), or
+        // w_high then w (wide)
+        auto put64 = [&](__m512i idx, std::uint8_t* dst) {
+            __m512i w, w_high;
+            tab.operands(idx, w, w_high);
+            if constexpr (!table_t::narrow) _mm512_storeu_si512(dst + 64, w_high);
+            _mm512_storeu_si512(dst, w);
         };
-        std::vector<elem> w(R * len);
+        std::vector<std::uint8_t> w(R * K * len);
         std::vector<float> wnorm(blocks * R);      // [block][row]
         std::vector<float> scale(blocks * T * R);  // [block][token][row]: norm · activation scale
         alignas(64) std::uint8_t unpacked[1024];
@@ -1222,17 +1241,17 @@ HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < m; ++j) {
                 const std::uint8_t* c = codes + (r0 + j) * blocks * block_bytes;
                 for (std::size_t b = 0; b < blocks; ++b, c += block_bytes) {
-                    elem* dst = w.data() + j * len + b * block;
+                    std::uint8_t* dst = w.data() + K * (j * len + b * block);
                     if (fused) {
                         for (std::size_t p = 0; p < block / 128; ++p) {
                             __m512i c0, c1;
                             chunk_codes<Bits>(c, block, p, c0, c1);
-                            put64(c0, dst + 128 * p);
-                            put64(c1, dst + 128 * p + 64);
+                            put64(c0, dst + K * 128 * p);
+                            put64(c1, dst + K * (128 * p + 64));
                         }
                     } else {
                         unpack<Bits>(c, block, unpacked);
-                        for (std::size_t p = 0; p < block; p += 64) put64(_mm512_load_si512(unpacked + p), dst + p);
+                        for (std::size_t p = 0; p < block; p += 64) put64(_mm512_load_si512(unpacked + p), dst + K * p);
                     }
                     wnorm[b * R + j] = static_cast<float>(norms[(r0 + j) * blocks + b]);
                 }
@@ -1240,28 +1259,27 @@ HLWQ_UNROLL(4)
             for (std::size_t j = m; j < R; ++j)
                 for (std::size_t b = 0; b < blocks; ++b) wnorm[b * R + j] = wnorm[b * R + m - 1];
             // Tails: missing rows and tokens repeat the last real one; their sums are dropped.
-            const elem* wr[R];
-            for (std::size_t j = 0; j < R; ++j) wr[j] = w.data() + std::min(j, m - 1) * len;
+            const std::uint8_t* wr[R];
+            for (std::size_t j = 0; j < R; ++j) wr[j] = w.data() + K * std::min(j, m - 1) * len;
             switch (block / 64) {  // the 64-value steps of a block as a constant, to unroll
-            case 1: vnni_tile<narrow, 1>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
-            case 2: vnni_tile<narrow, 2>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
-            case 4: vnni_tile<narrow, 4>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
-            case 8: vnni_tile<narrow, 8>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
-            default: vnni_tile<narrow, 16>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 1: vnni_tile<table_t, 1>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 2: vnni_tile<table_t, 2>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 4: vnni_tile<table_t, 4>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            case 8: vnni_tile<table_t, 8>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
+            default: vnni_tile<table_t, 16>(wr, m, wnorm.data(), scale.data(), xq, xscale, xsum, n, blocks, y + r0, ldy); break;
             }
         }
-        (void)all;
-        (void)all16;
     }
 
-    /// The register tile of dot_rows_vnni: rows wr[0..4) (operands; m of them real) against
-    /// every token, 3 at a time; P = block / 64. Writes y[i·ldy + j] for j < m.
-    template <bool Narrow, std::size_t P>
-    static void vnni_tile(const std::conditional_t<Narrow, std::uint8_t, std::int16_t>* const* wr, std::size_t m,
-                          const float* wnorm, float* scale, const std::int8_t* xq, const float* xscale,
-                          const std::int32_t* xsum, std::size_t n, std::size_t blocks, float* y, std::size_t ldy) {
+    /// The register tile of dot_rows_vnni: rows wr[0..4) (operands of a Table, see
+    /// vnni_table::operands; m of them real) against every token, 3 at a time; P = block / 64.
+    /// Writes y[i·ldy + j] for j < m.
+    template <class Table, std::size_t P>
+    static void vnni_tile(const std::uint8_t* const* wr, std::size_t m, const float* wnorm, float* scale,
+                          const std::int8_t* xq, const float* xscale, const std::int32_t* xsum, std::size_t n,
+                          std::size_t blocks, float* y, std::size_t ldy) {
         constexpr std::size_t R = 4, T = 3, block = 64 * P;
-        constexpr __mmask32 all16 = ~__mmask32{0};
+        constexpr std::size_t K = Table::narrow ? 1 : 2;  // operand bytes per code
         const std::size_t len = blocks * block;
         for (std::size_t i0 = 0; i0 < n; i0 += T) {
             const std::size_t nt = std::min(T, n - i0);
@@ -1288,22 +1306,17 @@ HLWQ_UNROLL(4)
                 const std::size_t o = b * block;
 HLWQ_UNROLL(4)
                 for (std::size_t t = 0; t < T; ++t) {
-                    const __m512i init = Narrow ? _mm512_maskz_set1_epi32(1, -128 * sum[t][b]) : _mm512_setzero_si512();
+                    const auto init = Table::start(sum[t][b], Table::activation_bias(xt[t] + o, P));
 HLWQ_UNROLL(4)
                     for (std::size_t j = 0; j < R; ++j) {
-                        __m512i lanes = init;
+                        auto lanes = init;
 HLWQ_UNROLL(16)
                         for (std::size_t p = o; p < o + block; p += 64) {
-                            if constexpr (Narrow) {
-                                lanes = _mm512_dpbusd_epi32(lanes, _mm512_loadu_si512(wr[j] + p), _mm512_loadu_si512(xt[t] + p));
-                            } else {
-                                for (std::size_t h = 0; h < 64; h += 32)
-                                    lanes = _mm512_dpwssd_epi32(
-                                        lanes, _mm512_loadu_si512(wr[j] + p + h),
-                                        _mm512_maskz_cvtepi8_epi16(all16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt[t] + p + h))));
-                            }
+                            const std::uint8_t* op = wr[j] + K * p;
+                            Table::accumulate(lanes, _mm512_loadu_si512(op), _mm512_loadu_si512(op + 64 * (K - 1)),
+                                              _mm512_loadu_si512(xt[t] + p));
                         }
-                        acc[j][t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, lanes),
+                        acc[j][t] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, Table::total(lanes)),
                                                     _mm512_set1_ps(scale[(b * T + t) * R + j]), acc[j][t]);
                     }
                 }
@@ -1316,7 +1329,6 @@ HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < m; ++j)
                 for (std::size_t t = 0; t < nt; ++t) y[(i0 + t) * ldy + j] = res[j][t];
         }
-        (void)all16;
     }
 #endif
 
