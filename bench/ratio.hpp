@@ -145,9 +145,9 @@ private:
             if (!t) continue;
             if (e.group != group) {
                 group = e.group;
-                std::snprintf(line, sizeof line, "\n%s: %s\n  %-26s %10s %12s %9s %11s %8s %10s %8s\n", group.c_str(),
-                              group_note(group), "", "bytes/it", "time/it", "x memcpy", "med x (n)", "GB/s",
-                              "Mitems/s", "speedup");
+                os << "\n" << group << ": " << group_note(group) << "\n";
+                std::snprintf(line, sizeof line, "  %-26s %10s %12s %9s %11s %8s %10s %8s\n", "", "bytes/it", "time/it",
+                              "x memcpy", "med x (n)", "GB/s", "Mitems/s", "speedup");
                 os << line;
             }
             std::string ratio = "-", med = "-", speedup = "-", items = "-";
