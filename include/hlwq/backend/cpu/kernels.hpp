@@ -1008,6 +1008,8 @@ HLWQ_UNROLL(4)
         /// 8 bits: the table is symmetric with odd values (see make_int_table), so registers 2
         /// and 3 (the positive half) hold every entry up to sign.
         bool mirrored = false;
+        /// 8 bits: the high bytes of the positive half without the bias (dot64's operands).
+        __m512i positive_high[regs == 4 ? 2 : 1];
 
         explicit vnni_table(const std::int16_t* table) noexcept {
             alignas(64) std::uint8_t biased[64];
@@ -1028,6 +1030,8 @@ HLWQ_UNROLL(4)
                 lo[k] = _mm512_load_si512(bytes[0] + 64 * k);
                 hi[k] = _mm512_load_si512(bytes[1] + 64 * k);
             }
+            if constexpr (regs == 4)
+                for (std::size_t k = 0; k < 2; ++k) positive_high[k] = _mm512_xor_si512(hi[2 + k], _mm512_set1_epi8(static_cast<char>(0x80)));
         }
 
         /// 64 byte codes -> one byte of each entry from a wide table's byte table t. 8 bits:
@@ -1091,8 +1095,28 @@ HLWQ_UNROLL(4)
             return bias;
         }
 
-        /// s + the products of the centroids of 64 byte codes with 64 activations x.
+        /// The sums dot64 starts a block of activations x (`steps` 64-value steps) from.
+        sums decode_start(std::int32_t xsum, const std::int8_t* x, std::size_t steps) const noexcept {
+            if constexpr (regs == 4)
+                if (mirrored) return {_mm512_setzero_si512(), _mm512_setzero_si512()};
+            return start(xsum, activation_bias(x, steps));
+        }
+
+        /// s + the products of the centroids of 64 byte codes with 64 activations x (from
+        /// decode_start). Mirrored 8-bit tables take a shorter route to the same exact lane
+        /// sums: the positive half's bytes, unbiased as they are positive, times x with the
+        /// sign of the code's half.
         void dot64(sums& s, __m512i idx, __m512i x) const noexcept {
+            if constexpr (regs == 4) {
+                if (mirrored) {
+                    const __mmask64 negative = _knot_mask64(_mm512_movepi8_mask(idx));
+                    const __m512i half = _mm512_mask_sub_epi8(idx, negative, _mm512_set1_epi8(0x7F), idx);
+                    const __m512i signed_x = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);  // |x| <= 127
+                    s.high = _mm512_dpbusd_epi32(s.high, _mm512_permutex2var_epi8(positive_high[0], half, positive_high[1]), signed_x);
+                    s.low = _mm512_dpbusd_epi32(s.low, _mm512_permutex2var_epi8(lo[2], half, lo[3]), signed_x);
+                    return;
+                }
+            }
             __m512i w, w_high;
             operands(idx, w, w_high);
             accumulate(s, w, w_high, x);
@@ -1154,7 +1178,7 @@ HLWQ_UNROLL(4)
                 for (std::size_t j = 0; j < R; ++j)
                     _mm512_store_ps(scales[j], _mm512_maskz_mul_ps(m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + j * stride * blocks + b)), xs));
             }
-            const auto init = table::start(xsum[b], table::activation_bias(xq, block / 64));
+            const auto init = tab.decode_start(xsum[b], xq, block / 64);
             typename table::sums lanes[R];
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
