@@ -623,7 +623,7 @@ struct kernels<backend::cpu<Arch>> {
         return kernels<backend::scalar>::dot_row_int8<Bits>(codes, norms, blocks, block, table, xq, xscale, xsum);
     }
 
-    /// Calls f.template operator()<G>(r, stride) over groups of rows that together cover
+    /// Calls `f.template operator()<G>(r, stride)` over groups of rows that together cover
     /// 0..rows once: G = R rows r, r + stride, ..., r + (R-1)·stride, then the rows left over
     /// one at a time (G = 1). The R rows come from R separate quarters of the range, so each
     /// of the R streams the decode kernels read is one long run of consecutive rows: the
