@@ -53,11 +53,9 @@ struct product_options {
 namespace detail {
 
 /// The codebook as integers for the int8 product, with step = max|centroid| / int_table_max<Bits>:
-/// values[k] = round(centroid_k / step) for int8 tables (up to 5 bits); the nearest odd integer
-/// for int16 tables (6..8 bits, within one unit, far below the codebook's own distortion).
-/// Odd values keep a symmetric codebook's table symmetric, values[L-1-k] = -values[k], with
-/// no low byte 0, so that the AVX-512 kernel can look up the positive half alone and negate
-/// bytewise (see vnni_table).
+/// values[k] = round(centroid_k / step). Rounding to nearest commutes with negation, so a
+/// symmetric codebook gives a symmetric table, values[L-1-k] = -values[k], which the AVX-512
+/// kernel for 8 bits looks up by halves (see vnni_table::mirrored).
 struct int_table {
     std::array<std::int16_t, 256> values{};  ///< integer centroids
     float step = 0.0f;                       ///< value of one integer unit
@@ -70,11 +68,8 @@ int_table make_int_table(std::span<const float> centroids) {
     for (float c : centroids) largest = std::max(largest, std::abs(c));
     t.step = largest > 0.0f ? largest / static_cast<float>(int_table_max<Bits>) : 1.0f;
     constexpr float top = int_table_max<Bits>;
-    for (std::size_t k = 0; k < centroids.size(); ++k) {
-        const float x = centroids[k] / t.step;
-        const float v = top == 127 ? std::nearbyint(x) : std::copysign(2 * std::floor(std::abs(x) / 2) + 1, x);
-        t.values[k] = static_cast<std::int16_t>(std::clamp(v, -top, top));
-    }
+    for (std::size_t k = 0; k < centroids.size(); ++k)
+        t.values[k] = static_cast<std::int16_t>(std::clamp(std::nearbyint(centroids[k] / t.step), -top, top));
     return t;
 }
 
@@ -87,13 +82,26 @@ struct int8_activations {
     std::vector<std::int32_t> sum;   ///< per token and block
 };
 
+/// max |x_i| over n values, in 16 independent lanes (max is exact in any order) so that
+/// the compiler vectorizes it; a single running max is a serial chain of scalar maxss.
+inline float max_abs(const float* x, std::size_t n) noexcept {
+    constexpr std::size_t lanes = 16;
+    float part[lanes] = {};
+    std::size_t i = 0;
+    for (; i + lanes <= n; i += lanes)
+        for (std::size_t l = 0; l < lanes; ++l) part[l] = std::max(part[l], std::abs(x[i + l]));
+    for (; i < n; ++i) part[0] = std::max(part[0], std::abs(x[i]));
+    float largest = 0.0f;
+    for (float v : part) largest = std::max(largest, v);
+    return largest;
+}
+
 /// quantize_activations into given arrays: q (count · block), scale and sum (count each).
 inline void quantize_activations_to(const float* xr, std::size_t count, std::size_t block, float step, std::int8_t* q,
                                     float* scale, std::int32_t* sums) {
     for (std::size_t b = 0; b < count; ++b) {
         const float* x = xr + b * block;
-        float largest = 0.0f;
-        for (std::size_t i = 0; i < block; ++i) largest = std::max(largest, std::abs(x[i]));
+        const float largest = max_abs(x, block);
         const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
         std::int32_t sum = 0;
         for (std::size_t i = 0; i < block; ++i) {

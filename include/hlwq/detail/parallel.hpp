@@ -37,7 +37,9 @@ namespace hlwq::detail {
 /// Threads to use for `work` items when the caller asked for `requested` (0 = all cores):
 /// at most one per `min_per_thread` items, so small jobs stay on the calling thread.
 inline unsigned thread_count(unsigned requested, std::size_t work, std::size_t min_per_thread) {
-    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    // Read once: glibc answers hardware_concurrency by reading sysfs (an open, read and close,
+    // some microseconds), which every small matvec would pay.
+    static const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
     const std::size_t useful = std::max<std::size_t>(1, work / std::max<std::size_t>(1, min_per_thread));
     return static_cast<unsigned>(std::min<std::size_t>(requested ? requested : hw, useful));
 }

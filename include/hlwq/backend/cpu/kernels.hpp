@@ -570,20 +570,29 @@ struct kernels<backend::cpu<Arch>> {
 #if HLWQ_CPU_HAS_VNNI
         if constexpr (std::is_base_of_v<xsimd::avx512bw, Arch>) {
             if (!fused_int8(Bits) || block % 128 != 0) return;
-            std::int8_t values[128];
+            // Slot j takes code fused_slot_code(j): two permutes of the chunk's two registers.
+            alignas(64) static constexpr auto order = [] {
+                std::array<std::uint8_t, 128> o{};
+                for (std::size_t j = 0; j < 128; ++j) o[j] = static_cast<std::uint8_t>(fused_slot_code(Bits, j));
+                return o;
+            }();
+            const __m512i first = _mm512_load_si512(order.data()), second = _mm512_load_si512(order.data() + 64);
             for (std::size_t p = 0; p < block; p += 128) {
-                std::copy_n(x + p, 128, values);
-                for (std::size_t j = 0; j < 128; ++j) x[p + j] = values[fused_slot_code(Bits, j)];
+                const __m512i a = _mm512_loadu_si512(x + p), b = _mm512_loadu_si512(x + p + 64);
+                _mm512_storeu_si512(x + p, _mm512_permutex2var_epi8(a, first, b));
+                _mm512_storeu_si512(x + p + 64, _mm512_permutex2var_epi8(a, second, b));
             }
         }
 #endif
 #if HLWQ_CPU_HAS_AVX2_INT8
         if constexpr ((Bits == 4 || Bits == 5) && avx2_int8(Bits)) {  // the fused 4-bit plane's order
             if (block % 64 != 0 || block > 1024) return;
-            std::int8_t chunk[64];
+            // avx2_slot_code swaps the chunk's 16-byte quarters 1 and 2: codes 0..15, 32..47, 16..31, 48..63.
             for (std::size_t p = 0; p < block; p += 64) {
-                std::copy_n(x + p, 64, chunk);
-                for (std::size_t j = 0; j < 64; ++j) x[p + j] = chunk[avx2_slot_code(j)];
+                auto* v = reinterpret_cast<__m256i*>(x + p);
+                const __m256i a = _mm256_loadu_si256(v), b = _mm256_loadu_si256(v + 1);
+                _mm256_storeu_si256(v, _mm256_permute2x128_si256(a, b, 0x20));
+                _mm256_storeu_si256(v + 1, _mm256_permute2x128_si256(a, b, 0x31));
             }
         }
 #endif
@@ -600,8 +609,10 @@ struct kernels<backend::cpu<Arch>> {
     /// 2..6 bits read the codes straight from the packed planes (blocks of 128k); other
     /// widths (8 bits: its plane is the codes) unpack a block first. 6..8 bits (int16
     /// tables): low and high bytes looked up and multiplied apart (see vnni_table).
-    /// AVX2 (2..5 bits): byte shuffles look the table up and `vpmaddubsw` multiplies, with
-    /// the activation's sign moved onto the centroid (see dot32). Otherwise the scalar reference.
+    /// AVX2, 2..5 bits: byte shuffles look the table up and `vpmaddubsw` multiplies, with
+    /// the activation's sign moved onto the centroid (see dot32); 6..8 bits: the int16
+    /// table's two byte planes looked up by trees of byte shuffles, multiplied as words with
+    /// `vpmaddwd`. Otherwise the scalar reference.
     template <int Bits>
     static float dot_row_int8(const std::uint8_t* codes, const half* norms, std::size_t blocks, std::size_t block,
                               const std::int16_t* table, const std::int8_t* xq, const float* xscale,
@@ -653,14 +664,20 @@ struct kernels<backend::cpu<Arch>> {
                 constexpr std::size_t R = 4;
                 const vnni_table<Bits> tab(table);
                 const std::size_t row_bytes = blocks * (block * Bits / 8);
-                for_row_groups<R>(rows, [&]<std::size_t G>(std::size_t r, std::size_t stride) {
-                    if (block == 128)
-                        dot_rows_vnni_decode<Bits, G, 128>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks, blocks,
-                                                           block, tab, xq, xscale, xsum, y + r);
-                    else
-                        dot_rows_vnni_decode<Bits, G>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks, blocks, block,
-                                                      tab, xq, xscale, xsum, y + r);
-                });
+                auto rows_with = [&]<bool Mirrored>() {
+                    for_row_groups<R>(rows, [&]<std::size_t G>(std::size_t r, std::size_t stride) {
+                        if (block == 128)
+                            dot_rows_vnni_decode<Bits, G, 128, Mirrored>(codes + r * row_bytes, row_bytes, stride,
+                                                                         norms + r * blocks, blocks, block, tab, xq, xscale,
+                                                                         xsum, y + r);
+                        else
+                            dot_rows_vnni_decode<Bits, G, 0, Mirrored>(codes + r * row_bytes, row_bytes, stride,
+                                                                       norms + r * blocks, blocks, block, tab, xq, xscale, xsum,
+                                                                       y + r);
+                    });
+                };
+                if (vnni_table<Bits>::mirrored(table)) rows_with.template operator()<true>();
+                else rows_with.template operator()<false>();
                 return;
             }
             if (block >= 64) return dot_rows_vnni<Bits>(codes, norms, rows, blocks, block, table, xq, xscale, xsum, n, y, ldy);
@@ -741,7 +758,7 @@ private:
     /// Widths with an AVX2 int8 kernel (byte tables: byte shuffles look up 16 entries, 5 bits
     /// use two), on AVX2 instruction sets (xsimd's AVX-512 ones do not derive from avx2).
     static constexpr bool avx2_int8(int bits) noexcept {
-        return bits >= 2 && bits <= 5 && std::is_base_of_v<xsimd::avx2, Arch>;
+        return bits >= 2 && bits <= 8 && std::is_base_of_v<xsimd::avx2, Arch>;
     }
 
     /// Which code of a 64-code chunk slot j (0..63) of the 4-bit AVX2 kernel holds: 32 bytes
@@ -752,12 +769,33 @@ private:
         return 32 * (k / 16) + 16 * nibble + k % 16;
     }
 
-    /// The integer codebook as int8 bytes in both 128-bit lanes (entries 0..15 and 16..31).
+    /// The integer codebook for the AVX2 kernel. Up to 5 bits: int8 bytes in both 128-bit
+    /// lanes (entries 0..15 and 16..31). 6..8 bits (int16 values): their low and high bytes,
+    /// 16 entries a register, in both lanes.
     template <int Bits>
     struct avx2_table {
+        static constexpr bool wide = int_table_max<Bits> != 127;
+        /// wide: byte shuffles of 16 entries each, per byte plane
+        static constexpr std::size_t shuffles = wide ? std::size_t{1} << (Bits - 4) : 1;
         __m256i lo, hi;
+        /// wide: entries 16i..16i+15, low bytes in low_bytes[i], high bytes in high_bytes[i]
+        __m256i low_bytes[shuffles], high_bytes[shuffles];
 
         explicit avx2_table(const std::int16_t* table) noexcept {
+            if constexpr (wide) {
+                for (std::size_t i = 0; i < shuffles; ++i) {
+                    alignas(32) std::uint8_t l[32], h[32];
+                    for (std::size_t k = 0; k < 32; ++k) {
+                        const auto v = static_cast<std::uint16_t>(table[16 * i + k % 16]);
+                        l[k] = static_cast<std::uint8_t>(v & 0xFF);
+                        h[k] = static_cast<std::uint8_t>(v >> 8);
+                    }
+                    low_bytes[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(l));
+                    high_bytes[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(h));
+                }
+                lo = hi = _mm256_setzero_si256();
+                return;
+            }
             alignas(32) std::int8_t bytes[64];
             for (std::size_t k = 0; k < 32; ++k) {
                 const auto v = static_cast<std::int8_t>(table[k % (std::size_t{1} << Bits)]);
@@ -771,6 +809,22 @@ private:
         /// 32 codes given as their low 4 bits and a byte mask of bit 4 -> their int8 centroids.
         __m256i lookup_split(__m256i low, __m256i high) const noexcept {
             return _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, low), _mm256_shuffle_epi8(hi, low), high);
+        }
+
+        /// wide: 32 byte codes -> one byte of each entry, from the byte plane t: each
+        /// 16-entry shuffle looks the low 4 bits up, then bits 4, 5, ... (each shifted to its
+        /// byte's sign bit) pick between pairs of results, a tree of shuffles - 1 blends.
+        static __m256i lookup_plane(const __m256i* t, __m256i idx) noexcept {
+            const __m256i low = _mm256_and_si256(idx, _mm256_set1_epi8(0x0F));
+            __m256i level[shuffles];
+            for (std::size_t i = 0; i < shuffles; ++i) level[i] = _mm256_shuffle_epi8(t[i], low);
+            std::size_t n = shuffles;
+            int bit = 4;
+            for (; n > 1; n /= 2, ++bit) {
+                const __m256i pick = _mm256_slli_epi16(idx, 7 - bit);  // 16-bit shift: only each byte's sign bit counts
+                for (std::size_t i = 0; i < n / 2; ++i) level[i] = _mm256_blendv_epi8(level[2 * i], level[2 * i + 1], pick);
+            }
+            return level[0];
         }
 
         /// 32 byte codes -> their int8 centroids (5 bits: bit 4, shifted to each byte's sign
@@ -810,8 +864,8 @@ private:
     /// dot_row_int8 on AVX2 for R rows `stride` rows apart (codes stride·row_bytes apart,
     /// norms stride·blocks apart) into y[0], y[stride], ...; block a multiple of 64, at most
     /// 1024. 4 and 5 bits straight from the packed planes (activations in avx2_slot_code
-    /// order; 5 bits take bit 4 from the 1-bit plane in place, see high_bits), other widths
-    /// unpack a block first.
+    /// order; 5 bits take bit 4 from the 1-bit plane in place, see high_bits), 8 bits read
+    /// their plane (one code per byte) in place, other widths unpack a block first.
     /// Each row's float operations do not depend on R (exact integer block sums, one
     /// multiply-add per block into 8 lanes, one pairwise lane sum), so every R gives the same bits.
     /// Block: the block size as a constant, or 0 to take `block_size`.
@@ -821,7 +875,7 @@ private:
                                      std::size_t block_size, const avx2_table<Bits>& table_in, const std::int8_t* xq,
                                      const float* xscale, float* y) {
         const std::size_t block = Block ? Block : block_size, block_bytes = block * Bits / 8;
-        const avx2_table<Bits> tab = table_in;  // a local copy, kept in registers
+        const avx2_table<Bits> tab = table_in;  // a local copy, kept in registers (as far as they go)
         const __m256i low4 = _mm256_set1_epi8(0x0F);
         __m256 acc[R];
         alignas(32) float scales[R][8];  // norm_b · xscale_b, 8 blocks at a time
@@ -871,16 +925,43 @@ HLWQ_UNROLL(4)
                         lanes[j] = dot32(lanes[j], w1, a1, x1);
                     }
                 }
-            } else {
-                alignas(32) std::uint8_t unpacked[R][1024];
-                for (std::size_t j = 0; j < R; ++j) unpack<Bits>(c + j * stride * row_bytes, block, unpacked[j]);
-                for (std::size_t p = 0; p < block; p += 32) {
-                    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
-                    const __m256i a = _mm256_abs_epi8(x);
+            } else {  // one code per byte: the 8-bit plane in place, other widths unpacked
+                alignas(32) std::uint8_t unpacked[Bits == 8 ? 1 : R][1024];
+                const std::uint8_t* row_codes[R];
+                for (std::size_t j = 0; j < R; ++j) {
+                    if constexpr (Bits == 8) {
+                        row_codes[j] = c + j * stride * row_bytes;
+                    } else {
+                        unpack<Bits>(c + j * stride * row_bytes, block, unpacked[j]);
+                        row_codes[j] = unpacked[j];
+                    }
+                }
+                if constexpr (avx2_table<Bits>::wide) {
+                    // The int16 centroids' low and high bytes looked up apart, interleaved
+                    // into words (per 128-bit lane: codes 0..7 by unpacklo, 8..15 by unpackhi)
+                    // and multiplied with vpmaddwd by the activations widened in the same
+                    // order: exact int32 products.
+                    for (std::size_t p = 0; p < block; p += 32) {
+                        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
+                        const __m256i sign = _mm256_cmpgt_epi8(_mm256_setzero_si256(), x);
+                        const __m256i x_first = _mm256_unpacklo_epi8(x, sign), x_second = _mm256_unpackhi_epi8(x, sign);
 HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j)
-                        lanes[j] = dot32(lanes[j], tab.lookup(_mm256_load_si256(reinterpret_cast<const __m256i*>(unpacked[j] + p))),
-                                         a, x);
+                        for (std::size_t j = 0; j < R; ++j) {
+                            const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p));
+                            const __m256i l = tab.lookup_plane(tab.low_bytes, idx), h = tab.lookup_plane(tab.high_bytes, idx);
+                            lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpacklo_epi8(l, h), x_first));
+                            lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpackhi_epi8(l, h), x_second));
+                        }
+                    }
+                } else {
+                    for (std::size_t p = 0; p < block; p += 32) {
+                        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
+                        const __m256i a = _mm256_abs_epi8(x);
+HLWQ_UNROLL(4)
+                        for (std::size_t j = 0; j < R; ++j)
+                            lanes[j] = dot32(lanes[j], tab.lookup(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p))),
+                                             a, x);
+                    }
                 }
             }
 HLWQ_UNROLL(4)
@@ -1005,15 +1086,14 @@ HLWQ_UNROLL(4)
         static constexpr std::size_t regs = narrow ? 1 : levels / 64;  // registers per byte table
         __m512i lut;
         __m512i lo[regs], hi[regs];
-        /// 8 bits: the table is symmetric with odd values (see make_int_table), so registers 2
-        /// and 3 (the positive half) hold every entry up to sign.
-        bool mirrored = false;
-        /// 8 bits: the high bytes of the positive half without the bias (dot64's operands).
-        __m512i positive_high[regs == 4 ? 2 : 1];
+        /// 8 bits, a mirrored table (see mirrored()): the low and high bytes of the negative
+        /// half's magnitudes, |table[k]| for k < 128, for dot64_mirrored.
+        __m512i magnitude_lo[2], magnitude_hi[2];
 
         explicit vnni_table(const std::int16_t* table) noexcept {
             alignas(64) std::uint8_t biased[64];
             alignas(64) std::uint8_t bytes[2][regs * 64] = {};
+            alignas(64) std::uint8_t magnitude[2][128] = {};
             for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
             if constexpr (!narrow)
                 for (std::size_t k = 0; k < levels; ++k) {
@@ -1021,17 +1101,30 @@ HLWQ_UNROLL(4)
                     bytes[0][k] = static_cast<std::uint8_t>(v & 0xFF);
                     bytes[1][k] = static_cast<std::uint8_t>((v >> 8) ^ 0x80);  // h + 128
                 }
-            if constexpr (regs == 4) {
-                mirrored = true;
-                for (std::size_t k = 0; k < 128; ++k) mirrored &= table[255 - k] == -table[k] && (table[k] & 1) != 0;
-            }
+            if constexpr (Bits == 8)
+                for (std::size_t k = 0; k < 128; ++k) {
+                    const auto v = static_cast<std::uint16_t>(-table[k]);  // <= 32767 when mirrored
+                    magnitude[0][k] = static_cast<std::uint8_t>(v & 0xFF);
+                    magnitude[1][k] = static_cast<std::uint8_t>(v >> 8);
+                }
             lut = _mm512_load_si512(biased);
             for (std::size_t k = 0; k < regs; ++k) {
                 lo[k] = _mm512_load_si512(bytes[0] + 64 * k);
                 hi[k] = _mm512_load_si512(bytes[1] + 64 * k);
             }
-            if constexpr (regs == 4)
-                for (std::size_t k = 0; k < 2; ++k) positive_high[k] = _mm512_xor_si512(hi[2 + k], _mm512_set1_epi8(static_cast<char>(0x80)));
+            for (std::size_t k = 0; k < 2; ++k) {
+                magnitude_lo[k] = _mm512_load_si512(magnitude[0] + 64 * k);
+                magnitude_hi[k] = _mm512_load_si512(magnitude[1] + 64 * k);
+            }
+        }
+
+        /// 8 bits: whether the table is odd, table[255 - k] = -table[k], with the negative half
+        /// (k < 128) <= 0, as a symmetric codebook's is (Lloyd-Max): then each code's entry is
+        /// ± a magnitude of the negative half, and dot64_mirrored needs half the permutes.
+        static bool mirrored(const std::int16_t* table) noexcept {
+            bool odd = Bits == 8;
+            for (std::size_t k = 0; odd && k < 128; ++k) odd = table[k] <= 0 && table[255 - k] == -table[k];
+            return odd;
         }
 
         /// 64 byte codes -> one byte of each entry from a wide table's byte table t. 8 bits:
@@ -1056,15 +1149,6 @@ HLWQ_UNROLL(4)
             if constexpr (narrow) {
                 w = Bits <= 4 ? _mm512_maskz_shuffle_epi8(all, lut, idx) : _mm512_maskz_permutexvar_epi8(all, idx, lut);
                 w_high = w;
-            } else if (regs == 4 && mirrored) {
-                // The negative half (bit 7 clear) reads entry 255 - k of the positive half and
-                // negates it bytewise: -(256·h + l) = 256·~h + (256 - l), as l is odd.
-                const __mmask64 negative = _knot_mask64(_mm512_movepi8_mask(idx));
-                const __m512i half = _mm512_mask_sub_epi8(idx, negative, _mm512_set1_epi8(0x7F), idx);
-                w = _mm512_permutex2var_epi8(lo[regs - 2], half, lo[regs - 1]);
-                w_high = _mm512_permutex2var_epi8(hi[regs - 2], half, hi[regs - 1]);
-                w = _mm512_mask_sub_epi8(w, negative, _mm512_setzero_si512(), w);
-                w_high = _mm512_mask_sub_epi8(w_high, negative, _mm512_set1_epi8(-1), w_high);  // ~(h + 128)
             } else {
                 const __mmask64 upper = regs == 4 ? _mm512_movepi8_mask(idx) : 0;
                 w = lookup_bytes(lo, idx, upper);
@@ -1095,31 +1179,25 @@ HLWQ_UNROLL(4)
             return bias;
         }
 
-        /// The sums dot64 starts a block of activations x (`steps` 64-value steps) from.
-        sums decode_start(std::int32_t xsum, const std::int8_t* x, std::size_t steps) const noexcept {
-            if constexpr (regs == 4)
-                if (mirrored) return {_mm512_setzero_si512(), _mm512_setzero_si512()};
-            return start(xsum, activation_bias(x, steps));
-        }
-
-        /// s + the products of the centroids of 64 byte codes with 64 activations x (from
-        /// decode_start). Mirrored 8-bit tables take a shorter route to the same exact lane
-        /// sums: the positive half's bytes, unbiased as they are positive, times x with the
-        /// sign of the code's half.
+        /// s + the products of the centroids of 64 byte codes with 64 activations x (s from start).
         void dot64(sums& s, __m512i idx, __m512i x) const noexcept {
-            if constexpr (regs == 4) {
-                if (mirrored) {
-                    const __mmask64 negative = _knot_mask64(_mm512_movepi8_mask(idx));
-                    const __m512i half = _mm512_mask_sub_epi8(idx, negative, _mm512_set1_epi8(0x7F), idx);
-                    const __m512i signed_x = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);  // |x| <= 127
-                    s.high = _mm512_dpbusd_epi32(s.high, _mm512_permutex2var_epi8(positive_high[0], half, positive_high[1]), signed_x);
-                    s.low = _mm512_dpbusd_epi32(s.low, _mm512_permutex2var_epi8(lo[2], half, lo[3]), signed_x);
-                    return;
-                }
-            }
             __m512i w, w_high;
             operands(idx, w, w_high);
             accumulate(s, w, w_high, x);
+        }
+
+        /// dot64 for a mirrored 8-bit table (see mirrored()), s starting from zero, x and
+        /// negated_x = −x: code k < 128 is −|table[k]| and code k >= 128 is +|table[255 − k]|,
+        /// so the magnitudes of the negative half, looked up at k or 255 − k (0x7F − k in the
+        /// 7 index bits a two-register permute reads), meet x with the code's sign. They are
+        /// unsigned bytes (high <= 127) and |x| <= 127, so no bias; each lane's sum is the
+        /// exact sum of its products, as dot64's.
+        void dot64_mirrored(sums& s, __m512i idx, __m512i x, __m512i negated_x) const noexcept {
+            const __mmask64 upper = _mm512_movepi8_mask(idx);
+            const __m512i half = _mm512_mask_sub_epi8(idx, upper, _mm512_set1_epi8(0x7F), idx);
+            const __m512i signed_x = _mm512_mask_blend_epi8(upper, negated_x, x);
+            s.high = _mm512_dpbusd_epi32(s.high, _mm512_permutex2var_epi8(magnitude_hi[0], half, magnitude_hi[1]), signed_x);
+            s.low = _mm512_dpbusd_epi32(s.low, _mm512_permutex2var_epi8(magnitude_lo[0], half, magnitude_lo[1]), signed_x);
         }
 
         /// s + the products of looked-up operands (see operands()) with 64 activations x.
@@ -1157,7 +1235,9 @@ HLWQ_UNROLL(4)
     /// lane sum are the same), so every R gives the same bits.
     /// Block: the block size as a constant (the loops unroll, the scalar bookkeeping goes), or
     /// 0 to take `block_size`.
-    template <int Bits, std::size_t R, std::size_t Block = 0>
+    /// Mirrored: the table is a mirrored 8-bit one (vnni_table::mirrored), taken through
+    /// dot64_mirrored.
+    template <int Bits, std::size_t R, std::size_t Block = 0, bool Mirrored = false>
     static void dot_rows_vnni_decode(const std::uint8_t* codes, std::size_t row_bytes, std::size_t stride, const half* norms,
                                      std::size_t blocks,
                                      std::size_t block_size, const vnni_table<Bits>& table_in, const std::int8_t* xq,
@@ -1178,7 +1258,8 @@ HLWQ_UNROLL(4)
                 for (std::size_t j = 0; j < R; ++j)
                     _mm512_store_ps(scales[j], _mm512_maskz_mul_ps(m, _mm512_maskz_cvtph_ps(m, _mm256_maskz_loadu_epi16(m, norms + j * stride * blocks + b)), xs));
             }
-            const auto init = tab.decode_start(xsum[b], xq, block / 64);
+            const auto init = Mirrored ? typename table::sums{_mm512_setzero_si512(), _mm512_setzero_si512()}
+                                       : table::start(xsum[b], table::activation_bias(xq, block / 64));
             typename table::sums lanes[R];
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
@@ -1204,8 +1285,15 @@ HLWQ_UNROLL(4)
             } else if constexpr (Bits == 8) {  // the 8-bit plane is the codes, one per byte
                 for (std::size_t p = 0; p < block; p += 64) {
                     const __m512i x = _mm512_loadu_si512(xq + p);
+                    if constexpr (Mirrored) {
+                        const __m512i negated_x = _mm512_sub_epi8(_mm512_setzero_si512(), x);
 HLWQ_UNROLL(4)
-                    for (std::size_t j = 0; j < R; ++j) tab.dot64(lanes[j], _mm512_loadu_si512(c + j * stride * row_bytes + p), x);
+                        for (std::size_t j = 0; j < R; ++j)
+                            tab.dot64_mirrored(lanes[j], _mm512_loadu_si512(c + j * stride * row_bytes + p), x, negated_x);
+                    } else {
+HLWQ_UNROLL(4)
+                        for (std::size_t j = 0; j < R; ++j) tab.dot64(lanes[j], _mm512_loadu_si512(c + j * stride * row_bytes + p), x);
+                    }
                 }
             } else {
                 alignas(64) std::uint8_t unpacked[R][1024];
@@ -1230,7 +1318,11 @@ HLWQ_UNROLL(4)
                               const std::int16_t* table, const std::int8_t* xq, const float* xscale,
                               const std::int32_t* xsum) {
         float y;
-        dot_rows_vnni_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, vnni_table<Bits>(table), xq, xscale, xsum, &y);
+        const vnni_table<Bits> tab(table);
+        if (vnni_table<Bits>::mirrored(table))
+            dot_rows_vnni_decode<Bits, 1, 0, true>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
+        else
+            dot_rows_vnni_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
         return y;
     }
 
