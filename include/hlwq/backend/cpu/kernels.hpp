@@ -626,7 +626,9 @@ struct kernels<backend::cpu<Arch>> {
         if constexpr (avx2_int8(Bits)) {
             if (block % 64 == 0 && block <= 1024) {
                 float y;
-                dot_rows_avx2_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, avx2_table<Bits>(table), xq, xscale, &y);
+                const avx2_table<Bits> tab(table);
+                if (mirrored<Bits>(table)) dot_rows_avx2_decode<Bits, 1, 0, true>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
+                else dot_rows_avx2_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
                 return y;
             }
         }
@@ -676,7 +678,7 @@ struct kernels<backend::cpu<Arch>> {
                                                                        y + r);
                     });
                 };
-                if (vnni_table<Bits>::mirrored(table)) rows_with.template operator()<true>();
+                if (mirrored<Bits>(table)) rows_with.template operator()<true>();
                 else rows_with.template operator()<false>();
                 return;
             }
@@ -689,17 +691,23 @@ struct kernels<backend::cpu<Arch>> {
                 constexpr std::size_t R = 4;
                 const avx2_table<Bits> tab(table);
                 const std::size_t row_bytes = blocks * (block * Bits / 8), len = blocks * block;
-                for (std::size_t i = 0; i < n; ++i) {
-                    float* yi = y + i * ldy;  // token i's outputs: rows consecutive floats
-                    for_row_groups<R>(rows, [&]<std::size_t G>(std::size_t r, std::size_t stride) {
-                        if (block == 128)
-                            dot_rows_avx2_decode<Bits, G, 128>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks,
-                                                               blocks, block, tab, xq + i * len, xscale + i * blocks, yi + r);
-                        else
-                            dot_rows_avx2_decode<Bits, G>(codes + r * row_bytes, row_bytes, stride, norms + r * blocks, blocks,
-                                                          block, tab, xq + i * len, xscale + i * blocks, yi + r);
-                    });
-                }
+                auto tokens_with = [&]<bool Mirrored>() {
+                    for (std::size_t i = 0; i < n; ++i) {
+                        float* yi = y + i * ldy;  // token i's outputs: rows consecutive floats
+                        for_row_groups<R>(rows, [&]<std::size_t G>(std::size_t r, std::size_t stride) {
+                            if (block == 128)
+                                dot_rows_avx2_decode<Bits, G, 128, Mirrored>(codes + r * row_bytes, row_bytes, stride,
+                                                                             norms + r * blocks, blocks, block, tab, xq + i * len,
+                                                                             xscale + i * blocks, yi + r);
+                            else
+                                dot_rows_avx2_decode<Bits, G, 0, Mirrored>(codes + r * row_bytes, row_bytes, stride,
+                                                                           norms + r * blocks, blocks, block, tab, xq + i * len,
+                                                                           xscale + i * blocks, yi + r);
+                        });
+                    }
+                };
+                if (mirrored<Bits>(table)) tokens_with.template operator()<true>();
+                else tokens_with.template operator()<false>();
                 return;
             }
         }
@@ -748,6 +756,17 @@ private:
         _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + offset), _MM_HINT_T0);
     }
 
+    /// Whether an 8-bit integer table is mirrored: table[255 - k] = -table[k], with the
+    /// negative half (k < 128) <= 0, as a symmetric codebook's is (Lloyd-Max). Then each
+    /// code's entry is ± a magnitude of the negative half, and the decode kernels look up
+    /// half the table, the sign going onto the activation.
+    template <int Bits>
+    static bool mirrored(const std::int16_t* table) noexcept {
+        bool odd = Bits == 8;
+        for (std::size_t k = 0; odd && k < 128; ++k) odd = table[k] <= 0 && table[255 - k] == -table[k];
+        return odd;
+    }
+
     /// How far ahead the decode kernels prefetch each of their row streams, in rows: the same
     /// block that many rows further down the stream. 1 and 2 measured alike on the Xeon
     /// (docs/benchmarks.md); without the prefetch, PQ4 lost about a fifth of its speed.
@@ -780,19 +799,28 @@ private:
         __m256i lo, hi;
         /// wide: entries 16i..16i+15, low bytes in low_bytes[i], high bytes in high_bytes[i]
         __m256i low_bytes[shuffles], high_bytes[shuffles];
+        /// 8 bits, a mirrored table (see kernels::mirrored): the same of the negative half's
+        /// magnitudes, |table[k]| for k < 128.
+        __m256i magnitude_low[Bits == 8 ? 8 : 1], magnitude_high[Bits == 8 ? 8 : 1];
 
         explicit avx2_table(const std::int16_t* table) noexcept {
             if constexpr (wide) {
-                for (std::size_t i = 0; i < shuffles; ++i) {
+                // Entries 16i..16i+15 of f(k) as low and high bytes, in both lanes.
+                auto split = [](auto f, std::size_t i, __m256i& low, __m256i& high) {
                     alignas(32) std::uint8_t l[32], h[32];
                     for (std::size_t k = 0; k < 32; ++k) {
-                        const auto v = static_cast<std::uint16_t>(table[16 * i + k % 16]);
+                        const auto v = static_cast<std::uint16_t>(f(16 * i + k % 16));
                         l[k] = static_cast<std::uint8_t>(v & 0xFF);
                         h[k] = static_cast<std::uint8_t>(v >> 8);
                     }
-                    low_bytes[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(l));
-                    high_bytes[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(h));
-                }
+                    low = _mm256_load_si256(reinterpret_cast<const __m256i*>(l));
+                    high = _mm256_load_si256(reinterpret_cast<const __m256i*>(h));
+                };
+                for (std::size_t i = 0; i < shuffles; ++i)
+                    split([&](std::size_t k) { return table[k]; }, i, low_bytes[i], high_bytes[i]);
+                if constexpr (Bits == 8)
+                    for (std::size_t i = 0; i < 8; ++i)
+                        split([&](std::size_t k) { return -table[k]; }, i, magnitude_low[i], magnitude_high[i]);
                 lo = hi = _mm256_setzero_si256();
                 return;
             }
@@ -811,14 +839,15 @@ private:
             return _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, low), _mm256_shuffle_epi8(hi, low), high);
         }
 
-        /// wide: 32 byte codes -> one byte of each entry, from the byte plane t: each
-        /// 16-entry shuffle looks the low 4 bits up, then bits 4, 5, ... (each shifted to its
-        /// byte's sign bit) pick between pairs of results, a tree of shuffles - 1 blends.
+        /// wide: 32 byte codes -> one byte of each entry, from the byte plane t (N registers
+        /// of 16 entries): each shuffle looks the low 4 bits up, then bits 4, 5, ... (each
+        /// shifted to its byte's sign bit) pick between pairs of results, a tree of N - 1 blends.
+        template <std::size_t N = shuffles>
         static __m256i lookup_plane(const __m256i* t, __m256i idx) noexcept {
             const __m256i low = _mm256_and_si256(idx, _mm256_set1_epi8(0x0F));
-            __m256i level[shuffles];
-            for (std::size_t i = 0; i < shuffles; ++i) level[i] = _mm256_shuffle_epi8(t[i], low);
-            std::size_t n = shuffles;
+            __m256i level[N];
+            for (std::size_t i = 0; i < N; ++i) level[i] = _mm256_shuffle_epi8(t[i], low);
+            std::size_t n = N;
             int bit = 4;
             for (; n > 1; n /= 2, ++bit) {
                 const __m256i pick = _mm256_slli_epi16(idx, 7 - bit);  // 16-bit shift: only each byte's sign bit counts
@@ -868,8 +897,9 @@ private:
     /// their plane (one code per byte) in place, other widths unpack a block first.
     /// Each row's float operations do not depend on R (exact integer block sums, one
     /// multiply-add per block into 8 lanes, one pairwise lane sum), so every R gives the same bits.
-    /// Block: the block size as a constant, or 0 to take `block_size`.
-    template <int Bits, std::size_t R, std::size_t Block = 0>
+    /// Block: the block size as a constant, or 0 to take `block_size`. Mirrored: the table is a
+    /// mirrored 8-bit one (kernels::mirrored), looked up by halves.
+    template <int Bits, std::size_t R, std::size_t Block = 0, bool Mirrored = false>
     static void dot_rows_avx2_decode(const std::uint8_t* codes, std::size_t row_bytes, std::size_t stride, const half* norms,
                                      std::size_t blocks,
                                      std::size_t block_size, const avx2_table<Bits>& table_in, const std::int8_t* xq,
@@ -941,16 +971,35 @@ HLWQ_UNROLL(4)
                     // into words (per 128-bit lane: codes 0..7 by unpacklo, 8..15 by unpackhi)
                     // and multiplied with vpmaddwd by the activations widened in the same
                     // order: exact int32 products.
+                    // Mirrored: code k < 128 is -|table[k]|, code k >= 128 is +|table[255 - k]|
+                    // (7 index bits 0x7F - k): the negative half's magnitudes, 8 shuffles a
+                    // plane instead of 16, times x with the code's sign.
                     for (std::size_t p = 0; p < block; p += 32) {
                         const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
-                        const __m256i sign = _mm256_cmpgt_epi8(_mm256_setzero_si256(), x);
+                        const __m256i zero = _mm256_setzero_si256(), sign = _mm256_cmpgt_epi8(zero, x);
                         const __m256i x_first = _mm256_unpacklo_epi8(x, sign), x_second = _mm256_unpackhi_epi8(x, sign);
+                        if constexpr (Mirrored) {  // x's words per row, with the codes' signs
+                            const __m256i negated_x = _mm256_sub_epi8(zero, x);
 HLWQ_UNROLL(4)
-                        for (std::size_t j = 0; j < R; ++j) {
-                            const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p));
-                            const __m256i l = tab.lookup_plane(tab.low_bytes, idx), h = tab.lookup_plane(tab.high_bytes, idx);
-                            lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpacklo_epi8(l, h), x_first));
-                            lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpackhi_epi8(l, h), x_second));
+                            for (std::size_t j = 0; j < R; ++j) {
+                                const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p));
+                                const __m256i upper = _mm256_cmpgt_epi8(zero, idx);  // bit 7 set
+                                const __m256i half = _mm256_xor_si256(idx, _mm256_and_si256(upper, _mm256_set1_epi8(0x7F)));
+                                const __m256i l = tab.template lookup_plane<8>(tab.magnitude_low, half),
+                                              h = tab.template lookup_plane<8>(tab.magnitude_high, half);
+                                const __m256i sx = _mm256_blendv_epi8(negated_x, x, upper),
+                                              sx_sign = _mm256_cmpgt_epi8(zero, sx);
+                                lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpacklo_epi8(l, h), _mm256_unpacklo_epi8(sx, sx_sign)));
+                                lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpackhi_epi8(l, h), _mm256_unpackhi_epi8(sx, sx_sign)));
+                            }
+                        } else {
+HLWQ_UNROLL(4)
+                            for (std::size_t j = 0; j < R; ++j) {
+                                const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p));
+                                const __m256i l = tab.lookup_plane(tab.low_bytes, idx), h = tab.lookup_plane(tab.high_bytes, idx);
+                                lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpacklo_epi8(l, h), x_first));
+                                lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpackhi_epi8(l, h), x_second));
+                            }
                         }
                     }
                 } else {
@@ -1086,7 +1135,7 @@ HLWQ_UNROLL(4)
         static constexpr std::size_t regs = narrow ? 1 : levels / 64;  // registers per byte table
         __m512i lut;
         __m512i lo[regs], hi[regs];
-        /// 8 bits, a mirrored table (see mirrored()): the low and high bytes of the negative
+        /// 8 bits, a mirrored table (see kernels::mirrored): the low and high bytes of the negative
         /// half's magnitudes, |table[k]| for k < 128, for dot64_mirrored.
         __m512i magnitude_lo[2], magnitude_hi[2];
 
@@ -1116,15 +1165,6 @@ HLWQ_UNROLL(4)
                 magnitude_lo[k] = _mm512_load_si512(magnitude[0] + 64 * k);
                 magnitude_hi[k] = _mm512_load_si512(magnitude[1] + 64 * k);
             }
-        }
-
-        /// 8 bits: whether the table is odd, table[255 - k] = -table[k], with the negative half
-        /// (k < 128) <= 0, as a symmetric codebook's is (Lloyd-Max): then each code's entry is
-        /// ± a magnitude of the negative half, and dot64_mirrored needs half the permutes.
-        static bool mirrored(const std::int16_t* table) noexcept {
-            bool odd = Bits == 8;
-            for (std::size_t k = 0; odd && k < 128; ++k) odd = table[k] <= 0 && table[255 - k] == -table[k];
-            return odd;
         }
 
         /// 64 byte codes -> one byte of each entry from a wide table's byte table t. 8 bits:
@@ -1186,7 +1226,7 @@ HLWQ_UNROLL(4)
             accumulate(s, w, w_high, x);
         }
 
-        /// dot64 for a mirrored 8-bit table (see mirrored()), s starting from zero, x and
+        /// dot64 for a mirrored 8-bit table (see kernels::mirrored), s starting from zero, x and
         /// negated_x = −x: code k < 128 is −|table[k]| and code k >= 128 is +|table[255 − k]|,
         /// so the magnitudes of the negative half, looked up at k or 255 − k (0x7F − k in the
         /// 7 index bits a two-register permute reads), meet x with the code's sign. They are
@@ -1235,7 +1275,7 @@ HLWQ_UNROLL(4)
     /// lane sum are the same), so every R gives the same bits.
     /// Block: the block size as a constant (the loops unroll, the scalar bookkeeping goes), or
     /// 0 to take `block_size`.
-    /// Mirrored: the table is a mirrored 8-bit one (vnni_table::mirrored), taken through
+    /// Mirrored: the table is a mirrored 8-bit one (kernels::mirrored), taken through
     /// dot64_mirrored.
     template <int Bits, std::size_t R, std::size_t Block = 0, bool Mirrored = false>
     static void dot_rows_vnni_decode(const std::uint8_t* codes, std::size_t row_bytes, std::size_t stride, const half* norms,
@@ -1319,7 +1359,7 @@ HLWQ_UNROLL(4)
                               const std::int32_t* xsum) {
         float y;
         const vnni_table<Bits> tab(table);
-        if (vnni_table<Bits>::mirrored(table))
+        if (mirrored<Bits>(table))
             dot_rows_vnni_decode<Bits, 1, 0, true>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
         else
             dot_rows_vnni_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
