@@ -178,15 +178,22 @@ TEST_CASE("int8 activations: the integer rounding of the table and the activatio
         CHECK(std::abs(c[k] - t.step * t.values[k]) <= 0.5f * t.step + float_slack(c[k]));
     }
     // int16 tables (6..8 bits): nearest, and symmetric for a symmetric codebook, with the
-    // negative half first (the mirrored table the 8-bit kernels look up by halves)
-    const auto c8 = hlwq::lloyd_max_view(8).centroids;
-    const auto t8 = hlwq::detail::make_int_table<8>(c8);
-    CHECK(t8.values[255] == 32767);
-    for (std::size_t k = 0; k < c8.size(); ++k) {
-        CHECK(t8.values[255 - k] == -t8.values[k]);
-        CHECK((k >= 128 || t8.values[k] <= 0));
-        CHECK(std::abs(c8[k] - t8.step * t8.values[k]) <= 0.5f * t8.step + float_slack(c8[k]));
-    }
+    // negative half first (the mirrored tables the kernels look up by halves)
+    auto check_int16_table = [&]<int B>() {
+        CAPTURE(B);
+        const auto cb = hlwq::lloyd_max_view(B).centroids;
+        const auto tb = hlwq::detail::make_int_table<B>(cb);
+        const std::size_t levels = cb.size();
+        CHECK(tb.values[levels - 1] == 32767);
+        for (std::size_t k = 0; k < levels; ++k) {
+            CHECK(tb.values[levels - 1 - k] == -tb.values[k]);
+            CHECK((k >= levels / 2 || tb.values[k] <= 0));
+            CHECK(std::abs(cb[k] - tb.step * tb.values[k]) <= 0.5f * tb.step + float_slack(cb[k]));
+        }
+    };
+    check_int16_table.template operator()<6>();
+    check_int16_table.template operator()<7>();
+    check_int16_table.template operator()<8>();
 
     const auto x = gaussian(256, 5);
     const float step = 0.25f;

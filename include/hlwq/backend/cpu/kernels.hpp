@@ -627,7 +627,8 @@ struct kernels<backend::cpu<Arch>> {
             if (block % 64 == 0 && block <= 1024) {
                 float y;
                 const avx2_table<Bits> tab(table);
-                if (mirrored<Bits>(table)) dot_rows_avx2_decode<Bits, 1, 0, true>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
+                constexpr bool wide = avx2_table<Bits>::wide;  // (only wide tables can be mirrored)
+                if (mirrored<Bits>(table)) dot_rows_avx2_decode<Bits, 1, 0, wide>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
                 else dot_rows_avx2_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
                 return y;
             }
@@ -678,7 +679,7 @@ struct kernels<backend::cpu<Arch>> {
                                                                        y + r);
                     });
                 };
-                if (mirrored<Bits>(table)) rows_with.template operator()<true>();
+                if (Bits == 8 && mirrored<Bits>(table)) rows_with.template operator()<Bits == 8>();  // (8 bits only here)
                 else rows_with.template operator()<false>();
                 return;
             }
@@ -706,7 +707,7 @@ struct kernels<backend::cpu<Arch>> {
                         });
                     }
                 };
-                if (mirrored<Bits>(table)) tokens_with.template operator()<true>();
+                if (mirrored<Bits>(table)) tokens_with.template operator()<avx2_table<Bits>::wide>();  // (only wide ones are)
                 else tokens_with.template operator()<false>();
                 return;
             }
@@ -756,14 +757,15 @@ private:
         _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(p) + offset), _MM_HINT_T0);
     }
 
-    /// Whether an 8-bit integer table is mirrored: table[255 - k] = -table[k], with the
-    /// negative half (k < 128) <= 0, as a symmetric codebook's is (Lloyd-Max). Then each
-    /// code's entry is ± a magnitude of the negative half, and the decode kernels look up
-    /// half the table, the sign going onto the activation.
+    /// Whether an int16 table (6..8 bits, L entries) is mirrored: table[L-1-k] = -table[k],
+    /// with the negative half (k < L/2) <= 0, as a symmetric codebook's is (Lloyd-Max). Then
+    /// each code's entry is ± a magnitude of the negative half, and the decode kernels look
+    /// up half the table, the sign going onto the activation.
     template <int Bits>
     static bool mirrored(const std::int16_t* table) noexcept {
-        bool odd = Bits == 8;
-        for (std::size_t k = 0; odd && k < 128; ++k) odd = table[k] <= 0 && table[255 - k] == -table[k];
+        constexpr std::size_t levels = std::size_t{1} << Bits;
+        bool odd = int_table_max<Bits> != 127;
+        for (std::size_t k = 0; odd && k < levels / 2; ++k) odd = table[k] <= 0 && table[levels - 1 - k] == -table[k];
         return odd;
     }
 
@@ -799,9 +801,9 @@ private:
         __m256i lo, hi;
         /// wide: entries 16i..16i+15, low bytes in low_bytes[i], high bytes in high_bytes[i]
         __m256i low_bytes[shuffles], high_bytes[shuffles];
-        /// 8 bits, a mirrored table (see kernels::mirrored): the same of the negative half's
-        /// magnitudes, |table[k]| for k < 128.
-        __m256i magnitude_low[Bits == 8 ? 8 : 1], magnitude_high[Bits == 8 ? 8 : 1];
+        /// wide, a mirrored table (see kernels::mirrored): the same of the negative half's
+        /// magnitudes, |table[k]| for k < L/2.
+        __m256i magnitude_low[wide ? shuffles / 2 : 1], magnitude_high[wide ? shuffles / 2 : 1];
 
         explicit avx2_table(const std::int16_t* table) noexcept {
             if constexpr (wide) {
@@ -818,9 +820,8 @@ private:
                 };
                 for (std::size_t i = 0; i < shuffles; ++i)
                     split([&](std::size_t k) { return table[k]; }, i, low_bytes[i], high_bytes[i]);
-                if constexpr (Bits == 8)
-                    for (std::size_t i = 0; i < 8; ++i)
-                        split([&](std::size_t k) { return -table[k]; }, i, magnitude_low[i], magnitude_high[i]);
+                for (std::size_t i = 0; i < shuffles / 2; ++i)
+                    split([&](std::size_t k) { return -table[k]; }, i, magnitude_low[i], magnitude_high[i]);
                 lo = hi = _mm256_setzero_si256();
                 return;
             }
@@ -971,22 +972,26 @@ HLWQ_UNROLL(4)
                     // into words (per 128-bit lane: codes 0..7 by unpacklo, 8..15 by unpackhi)
                     // and multiplied with vpmaddwd by the activations widened in the same
                     // order: exact int32 products.
-                    // Mirrored: code k < 128 is -|table[k]|, code k >= 128 is +|table[255 - k]|
-                    // (7 index bits 0x7F - k): the negative half's magnitudes, 8 shuffles a
-                    // plane instead of 16, times x with the code's sign.
+                    // Mirrored: code k < L/2 is -|table[k]|, code k >= L/2 is +|table[L-1-k]|
+                    // (the low Bits-1 index bits flipped): the negative half's magnitudes,
+                    // half the shuffles, times x with the code's sign.
                     for (std::size_t p = 0; p < block; p += 32) {
                         const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
                         const __m256i zero = _mm256_setzero_si256(), sign = _mm256_cmpgt_epi8(zero, x);
                         const __m256i x_first = _mm256_unpacklo_epi8(x, sign), x_second = _mm256_unpackhi_epi8(x, sign);
                         if constexpr (Mirrored) {  // x's words per row, with the codes' signs
+                            constexpr std::size_t half_shuffles = avx2_table<Bits>::shuffles / 2;
                             const __m256i negated_x = _mm256_sub_epi8(zero, x);
+                            const __m256i top = _mm256_set1_epi8(static_cast<char>(1 << (Bits - 1)));
+                            const __m256i rest = _mm256_set1_epi8(static_cast<char>((1 << (Bits - 1)) - 1));
 HLWQ_UNROLL(4)
                             for (std::size_t j = 0; j < R; ++j) {
                                 const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p));
-                                const __m256i upper = _mm256_cmpgt_epi8(zero, idx);  // bit 7 set
-                                const __m256i half = _mm256_xor_si256(idx, _mm256_and_si256(upper, _mm256_set1_epi8(0x7F)));
-                                const __m256i l = tab.template lookup_plane<8>(tab.magnitude_low, half),
-                                              h = tab.template lookup_plane<8>(tab.magnitude_high, half);
+                                const __m256i upper = Bits == 8 ? _mm256_cmpgt_epi8(zero, idx)  // the top bit set
+                                                                : _mm256_cmpeq_epi8(_mm256_and_si256(idx, top), top);
+                                const __m256i half = _mm256_xor_si256(idx, _mm256_and_si256(upper, rest));
+                                const __m256i l = tab.template lookup_plane<half_shuffles>(tab.magnitude_low, half),
+                                              h = tab.template lookup_plane<half_shuffles>(tab.magnitude_high, half);
                                 const __m256i sx = _mm256_blendv_epi8(negated_x, x, upper),
                                               sx_sign = _mm256_cmpgt_epi8(zero, sx);
                                 lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpacklo_epi8(l, h), _mm256_unpacklo_epi8(sx, sx_sign)));
@@ -1282,6 +1287,7 @@ HLWQ_UNROLL(4)
                                      std::size_t blocks,
                                      std::size_t block_size, const vnni_table<Bits>& table_in, const std::int8_t* xq,
                                      const float* xscale, const std::int32_t* xsum, float* y) {
+        static_assert(!Mirrored || Bits == 8, "the VNNI kernel looks up halves for 8 bits only");
         using table = vnni_table<Bits>;
         const std::size_t block = Block ? Block : block_size, block_bytes = block * Bits / 8;
         const table tab = table_in;  // a local copy, kept in registers
@@ -1359,8 +1365,8 @@ HLWQ_UNROLL(4)
                               const std::int32_t* xsum) {
         float y;
         const vnni_table<Bits> tab(table);
-        if (mirrored<Bits>(table))
-            dot_rows_vnni_decode<Bits, 1, 0, true>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
+        if (Bits == 8 && mirrored<Bits>(table))
+            dot_rows_vnni_decode<Bits, 1, 0, Bits == 8>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
         else
             dot_rows_vnni_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
         return y;
