@@ -899,7 +899,7 @@ private:
     /// Each row's float operations do not depend on R (exact integer block sums, one
     /// multiply-add per block into 8 lanes, one pairwise lane sum), so every R gives the same bits.
     /// Block: the block size as a constant, or 0 to take `block_size`. Mirrored: the table is a
-    /// mirrored 8-bit one (kernels::mirrored), looked up by halves.
+    /// mirrored int16 one (6..8 bits, kernels::mirrored), looked up by halves.
     template <int Bits, std::size_t R, std::size_t Block = 0, bool Mirrored = false>
     static void dot_rows_avx2_decode(const std::uint8_t* codes, std::size_t row_bytes, std::size_t stride, const half* norms,
                                      std::size_t blocks,
