@@ -823,16 +823,16 @@ private:
                 for (std::size_t i = 0; i < shuffles / 2; ++i)
                     split([&](std::size_t k) { return -table[k]; }, i, magnitude_low[i], magnitude_high[i]);
                 lo = hi = _mm256_setzero_si256();
-                return;
+            } else {  // (an else, not an early return: nvcc's front end calls the rest unreachable)
+                alignas(32) std::int8_t bytes[64];
+                for (std::size_t k = 0; k < 32; ++k) {
+                    const auto v = static_cast<std::int8_t>(table[k % (std::size_t{1} << Bits)]);
+                    bytes[k % 16 + (k / 16) * 32] = v;
+                    bytes[k % 16 + (k / 16) * 32 + 16] = v;
+                }
+                lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes));
+                hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes + 32));
             }
-            alignas(32) std::int8_t bytes[64];
-            for (std::size_t k = 0; k < 32; ++k) {
-                const auto v = static_cast<std::int8_t>(table[k % (std::size_t{1} << Bits)]);
-                bytes[k % 16 + (k / 16) * 32] = v;
-                bytes[k % 16 + (k / 16) * 32 + 16] = v;
-            }
-            lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes));
-            hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(bytes + 32));
         }
 
         /// 32 codes given as their low 4 bits and a byte mask of bit 4 -> their int8 centroids.
