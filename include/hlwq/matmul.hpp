@@ -54,8 +54,8 @@ namespace detail {
 
 /// The codebook as integers for the int8 product, with step = max|centroid| / int_table_max<Bits>:
 /// values[k] = round(centroid_k / step). Rounding to nearest commutes with negation, so a
-/// symmetric codebook gives a symmetric table, values[L-1-k] = -values[k], which the AVX-512
-/// kernel for 8 bits looks up by halves (see vnni_table::mirrored).
+/// symmetric codebook gives a symmetric table, values[L-1-k] = -values[k], which the decode
+/// kernels look up by halves (see kernels::mirrored): AVX-512 VNNI at 8 bits, AVX2 at 6..8.
 struct int_table {
     std::array<std::int16_t, 256> values{};  ///< integer centroids
     float step = 0.0f;                       ///< value of one integer unit

@@ -627,9 +627,9 @@ struct kernels<backend::cpu<Arch>> {
             if (block % 64 == 0 && block <= 1024) {
                 float y;
                 const avx2_table<Bits> tab(table);
-                constexpr bool wide = avx2_table<Bits>::wide;  // (only wide tables can be mirrored)
-                if (mirrored<Bits>(table)) dot_rows_avx2_decode<Bits, 1, 0, wide>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
-                else dot_rows_avx2_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
+                with_mirrored<Bits, avx2_table<Bits>::wide>(table, [&]<bool Mirrored>() {
+                    dot_rows_avx2_decode<Bits, 1, 0, Mirrored>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, &y);
+                });
                 return y;
             }
         }
@@ -679,8 +679,7 @@ struct kernels<backend::cpu<Arch>> {
                                                                        y + r);
                     });
                 };
-                if (Bits == 8 && mirrored<Bits>(table)) rows_with.template operator()<Bits == 8>();  // (8 bits only here)
-                else rows_with.template operator()<false>();
+                with_mirrored<Bits, Bits == 8>(table, rows_with);  // (halves for 8 bits only here)
                 return;
             }
             if (block >= 64) return dot_rows_vnni<Bits>(codes, norms, rows, blocks, block, table, xq, xscale, xsum, n, y, ldy);
@@ -707,8 +706,7 @@ struct kernels<backend::cpu<Arch>> {
                         });
                     }
                 };
-                if (mirrored<Bits>(table)) tokens_with.template operator()<avx2_table<Bits>::wide>();  // (only wide ones are)
-                else tokens_with.template operator()<false>();
+                with_mirrored<Bits, avx2_table<Bits>::wide>(table, tokens_with);
                 return;
             }
         }
@@ -767,6 +765,20 @@ private:
         bool odd = int_table_max<Bits> != 127;
         for (std::size_t k = 0; odd && k < levels / 2; ++k) odd = table[k] <= 0 && table[levels - 1 - k] == -table[k];
         return odd;
+    }
+
+    /// f.template operator()<true>() when the kernel looks up halves at this width (Halves)
+    /// and the table is mirrored, else f.template operator()<false>(): the one place a
+    /// decode kernel's Mirrored parameter is chosen.
+    template <int Bits, bool Halves, class F>
+    static void with_mirrored(const std::int16_t* table, F&& f) {
+        if constexpr (Halves) {
+            if (mirrored<Bits>(table)) {
+                f.template operator()<true>();
+                return;
+            }
+        }
+        f.template operator()<false>();
     }
 
     /// How far ahead the decode kernels prefetch each of their row streams, in rows: the same
@@ -977,8 +989,7 @@ HLWQ_UNROLL(4)
                     // half the shuffles, times x with the code's sign.
                     for (std::size_t p = 0; p < block; p += 32) {
                         const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
-                        const __m256i zero = _mm256_setzero_si256(), sign = _mm256_cmpgt_epi8(zero, x);
-                        const __m256i x_first = _mm256_unpacklo_epi8(x, sign), x_second = _mm256_unpackhi_epi8(x, sign);
+                        const __m256i zero = _mm256_setzero_si256();
                         if constexpr (Mirrored) {  // x's words per row, with the codes' signs
                             constexpr std::size_t half_shuffles = avx2_table<Bits>::shuffles / 2;
                             const __m256i negated_x = _mm256_sub_epi8(zero, x);
@@ -997,7 +1008,9 @@ HLWQ_UNROLL(4)
                                 lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpacklo_epi8(l, h), _mm256_unpacklo_epi8(sx, sx_sign)));
                                 lanes[j] = _mm256_add_epi32(lanes[j], _mm256_madd_epi16(_mm256_unpackhi_epi8(l, h), _mm256_unpackhi_epi8(sx, sx_sign)));
                             }
-                        } else {
+                        } else {  // x widened to words once, for every row
+                            const __m256i sign = _mm256_cmpgt_epi8(zero, x);
+                            const __m256i x_first = _mm256_unpacklo_epi8(x, sign), x_second = _mm256_unpackhi_epi8(x, sign);
 HLWQ_UNROLL(4)
                             for (std::size_t j = 0; j < R; ++j) {
                                 const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row_codes[j] + p));
@@ -1147,7 +1160,6 @@ HLWQ_UNROLL(4)
         explicit vnni_table(const std::int16_t* table) noexcept {
             alignas(64) std::uint8_t biased[64];
             alignas(64) std::uint8_t bytes[2][regs * 64] = {};
-            alignas(64) std::uint8_t magnitude[2][128] = {};
             for (std::size_t k = 0; k < 64; ++k) biased[k] = static_cast<std::uint8_t>(table[k % levels] + 128);
             if constexpr (!narrow)
                 for (std::size_t k = 0; k < levels; ++k) {
@@ -1155,20 +1167,24 @@ HLWQ_UNROLL(4)
                     bytes[0][k] = static_cast<std::uint8_t>(v & 0xFF);
                     bytes[1][k] = static_cast<std::uint8_t>((v >> 8) ^ 0x80);  // h + 128
                 }
-            if constexpr (Bits == 8)
-                for (std::size_t k = 0; k < 128; ++k) {
-                    const auto v = static_cast<std::uint16_t>(-table[k]);  // <= 32767 when mirrored
-                    magnitude[0][k] = static_cast<std::uint8_t>(v & 0xFF);
-                    magnitude[1][k] = static_cast<std::uint8_t>(v >> 8);
-                }
             lut = _mm512_load_si512(biased);
             for (std::size_t k = 0; k < regs; ++k) {
                 lo[k] = _mm512_load_si512(bytes[0] + 64 * k);
                 hi[k] = _mm512_load_si512(bytes[1] + 64 * k);
             }
-            for (std::size_t k = 0; k < 2; ++k) {
-                magnitude_lo[k] = _mm512_load_si512(magnitude[0] + 64 * k);
-                magnitude_hi[k] = _mm512_load_si512(magnitude[1] + 64 * k);
+            if constexpr (Bits == 8) {
+                alignas(64) std::uint8_t magnitude[2][128];
+                for (std::size_t k = 0; k < 128; ++k) {
+                    const auto v = static_cast<std::uint16_t>(-table[k]);  // <= 32767 when mirrored
+                    magnitude[0][k] = static_cast<std::uint8_t>(v & 0xFF);
+                    magnitude[1][k] = static_cast<std::uint8_t>(v >> 8);
+                }
+                for (std::size_t k = 0; k < 2; ++k) {
+                    magnitude_lo[k] = _mm512_load_si512(magnitude[0] + 64 * k);
+                    magnitude_hi[k] = _mm512_load_si512(magnitude[1] + 64 * k);
+                }
+            } else {  // (not looked up; set, so that copies of the table copy no indeterminate values)
+                magnitude_lo[0] = magnitude_lo[1] = magnitude_hi[0] = magnitude_hi[1] = _mm512_setzero_si512();
             }
         }
 
@@ -1365,10 +1381,9 @@ HLWQ_UNROLL(4)
                               const std::int32_t* xsum) {
         float y;
         const vnni_table<Bits> tab(table);
-        if (Bits == 8 && mirrored<Bits>(table))
-            dot_rows_vnni_decode<Bits, 1, 0, Bits == 8>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
-        else
-            dot_rows_vnni_decode<Bits, 1>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
+        with_mirrored<Bits, Bits == 8>(table, [&]<bool Mirrored>() {
+            dot_rows_vnni_decode<Bits, 1, 0, Mirrored>(codes, 0, 1, norms, blocks, block, tab, xq, xscale, xsum, &y);
+        });
         return y;
     }
 
