@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <stdexcept>
 #include <vector>
 
@@ -214,6 +215,35 @@ TEST_CASE("int8 activations: the integer rounding of the table and the activatio
     const auto z = hlwq::detail::quantize_activations(zeros.data(), 1, 128, step);
     CHECK(z.scale[0] == 0.0f);
     CHECK(z.sum[0] == 0);
+}
+
+TEST_CASE("int8 activations: the SIMD rounding gives the scalar reference's values") {
+    using simd = hlwq::kernels<hlwq::default_backend>;
+    using scalar = hlwq::kernels<hlwq::backend::scalar>;
+    // Ties: with max|x| = 127 the scale is exactly 1, so x · inv = x and halves round to even.
+    const std::vector<float> ties = {127.0f, 2.5f, -3.5f, 0.5f, -0.5f, 1.5f, -126.5f, 0.0f,
+                                     -2.5f,  3.5f, 4.5f,  -1.5f, 5.5f, -5.5f, 6.5f,   -127.0f};
+    const std::vector<int> even = {127, 2, -4, 0, 0, 2, -126, 0, -2, 4, 4, -2, 6, -6, 6, -127};
+    std::vector<std::int8_t> q(ties.size());
+    std::int32_t sum = -1;
+    CHECK(simd::quantize_int8(ties.data(), ties.size(), q.data(), sum) == 127.0f);
+    for (std::size_t i = 0; i < ties.size(); ++i) CHECK(int{q[i]} == even[i]);
+    CHECK(sum == std::accumulate(even.begin(), even.end(), 0));
+    for (const std::size_t n : {std::size_t{16}, std::size_t{64}, std::size_t{100}, std::size_t{128}, std::size_t{1024}}) {
+        CAPTURE(n);
+        auto x = gaussian(n, static_cast<unsigned>(n));
+        x[n / 3] *= 40.0f;  // one outlier, as real activations have
+        std::vector<std::int8_t> a(n), b(n);
+        std::int32_t sa = 0, sb = 1;
+        CHECK(simd::quantize_int8(x.data(), n, a.data(), sa) == scalar::quantize_int8(x.data(), n, b.data(), sb));
+        CHECK(a == b);
+        CHECK(sa == sb);
+    }
+    const std::vector<float> zeros(64, 0.0f);
+    std::vector<std::int8_t> z(64, 1);
+    CHECK(simd::quantize_int8(zeros.data(), 64, z.data(), sum) == 0.0f);
+    CHECK(std::all_of(z.begin(), z.end(), [](std::int8_t v) { return v == 0; }));
+    CHECK(sum == 0);
 }
 
 TEST_CASE("int8 activations: every kernel computes the exact integer block sums") {

@@ -82,44 +82,24 @@ struct int8_activations {
     std::vector<std::int32_t> sum;   ///< per token and block
 };
 
-/// max |x_i| over n values, in 16 independent lanes (max is exact in any order) so that
-/// the compiler vectorizes it; a single running max is a serial chain of scalar maxss.
-inline float max_abs(const float* x, std::size_t n) noexcept {
-    constexpr std::size_t lanes = 16;
-    float part[lanes] = {};
-    std::size_t i = 0;
-    for (; i + lanes <= n; i += lanes)
-        for (std::size_t l = 0; l < lanes; ++l) part[l] = std::max(part[l], std::abs(x[i + l]));
-    for (; i < n; ++i) part[0] = std::max(part[0], std::abs(x[i]));
-    float largest = 0.0f;
-    for (float v : part) largest = std::max(largest, v);
-    return largest;
-}
-
-/// quantize_activations into given arrays: q (count · block), scale and sum (count each).
-inline void quantize_activations_to(const float* xr, std::size_t count, std::size_t block, float step, std::int8_t* q,
-                                    float* scale, std::int32_t* sums) {
+/// quantize_activations into given arrays: q (count · block), scale and sum (count each);
+/// each block rounded by kernels<Backend>::quantize_int8.
+template <class Backend = default_backend>
+void quantize_activations_to(const float* xr, std::size_t count, std::size_t block, float step, std::int8_t* q,
+                             float* scale, std::int32_t* sums) {
     for (std::size_t b = 0; b < count; ++b) {
-        const float* x = xr + b * block;
-        const float largest = max_abs(x, block);
-        const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
-        std::int32_t sum = 0;
-        for (std::size_t i = 0; i < block; ++i) {
-            const auto v = static_cast<std::int8_t>(std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f));
-            q[b * block + i] = v;
-            sum += v;
-        }
-        sums[b] = sum;
+        const float largest = kernels<Backend>::quantize_int8(xr + b * block, block, q + b * block, sums[b]);
         scale[b] = largest / 127.0f * step / static_cast<float>(block);
     }
 }
 
-inline int8_activations quantize_activations(const float* xr, std::size_t count, std::size_t block, float step) {
+template <class Backend = default_backend>
+int8_activations quantize_activations(const float* xr, std::size_t count, std::size_t block, float step) {
     int8_activations a;
     a.q.resize(count * block);
     a.scale.resize(count);
     a.sum.resize(count);
-    quantize_activations_to(xr, count, block, step, a.q.data(), a.scale.data(), a.sum.data());
+    quantize_activations_to<Backend>(xr, count, block, step, a.q.data(), a.scale.data(), a.sum.data());
     return a;
 }
 
@@ -207,7 +187,7 @@ void product(const quantized_view& q, std::span<const float> x, std::size_t n, s
             a.sum.resize(n * nb);
             parallel_for(n, prep_threads, [&](std::size_t i0, std::size_t i1) {
                 rotate(i0, i1);
-                quantize_activations_to(xr.data() + i0 * len, (i1 - i0) * nb, q.block, table.step, a.q.data() + i0 * len,
+                quantize_activations_to<Backend>(xr.data() + i0 * len, (i1 - i0) * nb, q.block, table.step, a.q.data() + i0 * len,
                                         a.scale.data() + i0 * nb, a.sum.data() + i0 * nb);
                 for (std::size_t b = i0 * nb; b < i1 * nb; ++b)
                     kernels<Backend>::template order_activations_int8<B>(a.q.data() + b * q.block, q.block);

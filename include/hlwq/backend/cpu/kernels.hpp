@@ -560,6 +560,31 @@ struct kernels<backend::cpu<Arch>> {
         decode<Bits>(codes, d, centroids, 1.0f, out);
     }
 
+    /// quantize_int8 of the scalar reference, the same values, a register at a time (n a
+    /// multiple of the width; else the reference): max|x| in lanes (max is exact in any
+    /// order), the rounding by the conversion instruction (the default mode rounds to
+    /// nearest even, as nearbyint does).
+    static float quantize_int8(const float* x, std::size_t n, std::int8_t* q, std::int32_t& sum) noexcept {
+        if (n % width != 0) return kernels<backend::scalar>::quantize_int8(x, n, q, sum);
+        batch m(0.0f);
+        for (std::size_t i = 0; i < n; i += width)
+            m = xsimd::max(xsimd::abs(batch::load_unaligned(x + i)), m);  // (m second: a NaN is passed over, as std::max does)
+        alignas(64) float lanes[width];
+        m.store_aligned(lanes);
+        float largest = 0.0f;
+        for (float v : lanes) largest = std::max(largest, v);
+        const batch inv(largest > 0.0f ? 127.0f / largest : 0.0f);
+        using ints = xsimd::batch<std::int32_t, Arch>;
+        ints s(0);
+        for (std::size_t i = 0; i < n; i += width) {
+            const ints v = xsimd::nearbyint_as_int(batch::load_unaligned(x + i) * inv);
+            s += v;
+            narrow_to_int8(v, q + i);
+        }
+        sum = xsimd::hadd(s);
+        return largest;
+    }
+
     /// Puts one block of int8 activations in the order dot_row_int8<Bits> reads codes in.
     /// AVX-512 VNNI, 2 to 6 bits and blocks of 128k: each 128 values in the order of
     /// fused_slot_code(). AVX2,
@@ -747,6 +772,21 @@ struct kernels<backend::cpu<Arch>> {
 
 private:
     static_assert(std::endian::native == std::endian::little, "SWAR unpack assumes little endian");
+
+    /// Stores the int32 lanes of v, each in -128..127, as int8 at q.
+    static void narrow_to_int8(xsimd::batch<std::int32_t, Arch> v, std::int8_t* q) noexcept {
+        if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(v));
+        } else if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {  // lane i's 4 bytes: values 4i..4i+3
+            const __m256i words = _mm256_packs_epi32(v, v), bytes = _mm256_packs_epi16(words, words);
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(q),
+                             _mm_unpacklo_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1)));
+        } else {
+            alignas(64) std::int32_t lanes[width];
+            v.store_aligned(lanes);
+            for (std::size_t l = 0; l < width; ++l) q[l] = static_cast<std::int8_t>(lanes[l]);
+        }
+    }
 
 #if HLWQ_CPU_HAS_AVX2_INT8 || HLWQ_CPU_HAS_VNNI
     /// Prefetches the line at p + offset into L1; the address may lie past the end of p's

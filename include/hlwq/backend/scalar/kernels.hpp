@@ -9,6 +9,8 @@
 #include "../../packer.hpp"
 #include "../backend.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -95,6 +97,24 @@ struct kernels<backend::scalar> {
             row += static_cast<float>(norms[b]) * inv_block * s;
         }
         return row;
+    }
+
+    /// One block of n activations rounded to int8 with one scale: q[i] = round(x[i] · inv),
+    /// inv = 127 / max|x| (0 for a block of zeros), to nearest even (nearbyint in the default
+    /// rounding mode). |x · inv| <= max|x| · fl(127 / max|x|) < 127.5, so every q[i] lies in
+    /// -127..127 without a clamp. Returns max|x|, and Σ q[i] in sum.
+    static float quantize_int8(const float* x, std::size_t n, std::int8_t* q, std::int32_t& sum) noexcept {
+        float largest = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) largest = std::max(largest, std::abs(x[i]));
+        const float inv = largest > 0.0f ? 127.0f / largest : 0.0f;
+        std::int32_t s = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto v = static_cast<std::int32_t>(std::nearbyint(x[i] * inv));
+            q[i] = static_cast<std::int8_t>(v);
+            s += v;
+        }
+        sum = s;
+        return largest;
     }
 
     /// The order dot_row_int8<Bits> reads int8 activations in: the natural one.
