@@ -15,6 +15,7 @@
 //                matmul/PQ<b>/int8/<n> uses int8 activations.
 //   prefill/...  a small model's layer shapes (1536 x 384, 384 x 1536, 8192 x 384) times 32 or
 //                512 tokens, one thread: PQ4 (fp32 and int8 activations) against Eigen fp32.
+//   decode/...   the same shapes at one token.
 #include <hlwq/matmul.hpp>
 
 #include <Eigen/Core>
@@ -213,13 +214,16 @@ void add_matmul(std::size_t n) {
     }
 }
 
-// Prefill-sized products of a small model's layers (Gemma 4 tiny: 1536 x 384 attention and
-// MLP, 384 x 1536 down, 8192 x 384 an output head) on one thread, PQ4 against Eigen's fp32.
+// Products of a small model's layers (Gemma 4 tiny: 1536 x 384 attention and MLP, 384 x 1536
+// down, 8192 x 384 an output head) on one thread, PQ4 against Eigen's fp32: a prefill of n
+// tokens, or one token (group "decode"), where the per-call work on the activations (rotation,
+// rounding) weighs as much as the codes.
 void add_prefill(std::size_t rows, std::size_t cols, std::size_t n) {
     const std::size_t flops = 2 * rows * cols * n;
+    const std::string group = n == 1 ? "decode" : "prefill";
     const std::string shape = std::to_string(rows) + "x" + std::to_string(cols) + "/" + std::to_string(n);
-    const std::string dense = "prefill/dense_f32/" + shape;
-    add({dense, "prefill", 0, flops, "", ""}, [rows, cols, n, flops](benchmark::State& st) {
+    const std::string dense = group + "/dense_f32/" + shape;
+    add({dense, group, 0, flops, "", ""}, [rows, cols, n, flops](benchmark::State& st) {
         using M = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
         const Eigen::Map<const M> w(weights().data(), static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
         const auto xv = gaussian(n * cols, 3);
@@ -233,7 +237,7 @@ void add_prefill(std::size_t rows, std::size_t cols, std::size_t n) {
     });
     for (const auto precision : {hlwq::activation_precision::f32, hlwq::activation_precision::int8}) {
         const bool int8 = precision == hlwq::activation_precision::int8;
-        add({std::string("prefill/PQ4") + (int8 ? "/int8/" : "/") + shape, "prefill", 0, flops, "", dense},
+        add({group + "/PQ4" + (int8 ? "/int8/" : "/") + shape, group, 0, flops, "", dense},
             [rows, cols, n, flops, precision](benchmark::State& st) {
                 const auto q = hlwq::quantize(std::span(weights()).first(rows * cols), rows, cols, 4);
                 const auto x = gaussian(n * cols, 3);
@@ -256,6 +260,7 @@ int main(int argc, char** argv) {
         {"matvec_cached", "256 x 4096, 1 thread, int8 activations, in L2: the kernels' arithmetic speed"},
         {"matmul", "4096 x 4096 x batch, 1 thread; items = flops (Mitems/s = MFLOP/s)"},
         {"prefill", "rows x cols / batch, 1 thread, PQ4; items = flops; speedup = Eigen fp32 time / its time"},
+        {"decode", "rows x cols / 1 token, 1 thread, PQ4; items = flops; speedup = Eigen fp32 time / its time"},
     };
     hlwq_bench::speedup_note() = "dense fp32 time / its time";
     add_stream(stored_bytes(4));
@@ -264,7 +269,7 @@ int main(int argc, char** argv) {
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec(bits, hlwq::activation_precision::int8);
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec_cached(bits);
     for (std::size_t n : {8, 32, 128}) add_matmul(n);
-    for (std::size_t n : {32, 512}) {
+    for (std::size_t n : {1, 32, 512}) {
         add_prefill(1536, 384, n);
         add_prefill(384, 1536, n);
         add_prefill(8192, 384, n);
