@@ -218,7 +218,7 @@ void add_matmul(std::size_t n) {
 // down, 8192 x 384 an output head) on one thread, PQ4 against Eigen's fp32: a prefill of n
 // tokens, or one token (group "decode"), where the per-call work on the activations (rotation,
 // rounding) weighs as much as the codes.
-void add_prefill(std::size_t rows, std::size_t cols, std::size_t n) {
+void add_layer_product(std::size_t rows, std::size_t cols, std::size_t n) {
     const std::size_t flops = 2 * rows * cols * n;
     const std::string group = n == 1 ? "decode" : "prefill";
     const std::string shape = std::to_string(rows) + "x" + std::to_string(cols) + "/" + std::to_string(n);
@@ -270,9 +270,9 @@ int main(int argc, char** argv) {
     for (int bits : {2, 3, 4, 5, 6, 8}) add_matvec_cached(bits);
     for (std::size_t n : {8, 32, 128}) add_matmul(n);
     for (std::size_t n : {1, 32, 512}) {
-        add_prefill(1536, 384, n);
-        add_prefill(384, 1536, n);
-        add_prefill(8192, 384, n);
+        add_layer_product(1536, 384, n);
+        add_layer_product(384, 1536, n);
+        add_layer_product(8192, 384, n);
     }
     return hlwq_bench::run_main(argc, argv);
 }

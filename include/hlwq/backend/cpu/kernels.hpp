@@ -775,13 +775,19 @@ private:
 
     /// Stores the int32 lanes of v, each in -128..127, as int8 at q.
     static void narrow_to_int8(xsimd::batch<std::int32_t, Arch> v, std::int8_t* q) noexcept {
+#if XSIMD_WITH_AVX512F
         if constexpr (std::is_base_of_v<xsimd::avx512f, Arch>) {
             _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(v));
-        } else if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {  // lane i's 4 bytes: values 4i..4i+3
+        } else
+#endif
+#if XSIMD_WITH_AVX2
+        if constexpr (std::is_base_of_v<xsimd::avx2, Arch>) {  // lane i's 4 bytes: values 4i..4i+3
             const __m256i words = _mm256_packs_epi32(v, v), bytes = _mm256_packs_epi16(words, words);
             _mm_storel_epi64(reinterpret_cast<__m128i*>(q),
                              _mm_unpacklo_epi32(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1)));
-        } else {
+        } else
+#endif
+        {
             alignas(64) std::int32_t lanes[width];
             v.store_aligned(lanes);
             for (std::size_t l = 0; l < width; ++l) q[l] = static_cast<std::int8_t>(lanes[l]);
