@@ -27,9 +27,10 @@
 #include <utility>
 #include <vector>
 
-/// AVX-512 VNNI, VBMI (byte permutes) and BITALG (bit gathers), the instructions of the
-/// int8-activation product (every Intel core with VNNI and VBMI has BITALG, as has Zen 4).
-#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && defined(__AVX512BITALG__)
+/// AVX-512 VNNI, VBMI (byte permutes and vpmultishiftqb) and GFNI (bit maps of a byte), the
+/// instructions of the int8-activation product (every Intel core with VNNI and VBMI has GFNI,
+/// as has Zen 4).
+#if defined(__AVX512VNNI__) && defined(__AVX512VBMI__) && defined(__AVX512BW__) && defined(__GFNI__)
 #define HLWQ_CPU_HAS_VNNI 1
 #else
 #define HLWQ_CPU_HAS_VNNI 0
@@ -827,10 +828,13 @@ private:
         f.template operator()<false>();
     }
 
-    /// How far ahead the decode kernels prefetch each of their row streams, in rows: the same
-    /// block that many rows further down the stream. 1 and 2 measured alike on the Xeon
-    /// (docs/benchmarks.md); without the prefetch, PQ4 lost about a fifth of its speed.
-    static constexpr std::size_t prefetch_rows_ahead = 2;
+    /// How far ahead the decode kernels prefetch each of their row streams, in bytes. A stream
+    /// reads its rows one after the other, so its codes are contiguous and one distance
+    /// serves every width and row length; R streams keep R times this in flight, a few KiB
+    /// of L1. It used to be 2 rows, which is 8 KiB a stream at PQ8 and 4096 columns: on the
+    /// Xeon, PQ8 took 15–25% longer than with 2 KiB (1 and 4 KiB measured between the two;
+    /// docs/benchmarks.md). Without the prefetch, PQ4 lost about a fifth of its speed.
+    static constexpr std::size_t prefetch_bytes_ahead = 2048;
 #endif
 
 #if HLWQ_CPU_HAS_AVX2_INT8
@@ -988,7 +992,7 @@ HLWQ_UNROLL(4)
             const std::uint8_t* c = codes + b * block_bytes;
             for (std::size_t j = 0; j < R; ++j)  // as in dot_rows_vnni_decode
                 for (std::size_t l = 0; l < block_bytes; l += 64)
-                    prefetch(c, (j * stride + prefetch_rows_ahead) * row_bytes + l);
+                    prefetch(c, j * stride * row_bytes + l + prefetch_bytes_ahead);
             if constexpr (Bits == 4 || Bits == 5) {  // the 4-bit plane in place; 5 bits: bit 4 from the 1-bit plane
                 for (std::size_t p = 0; p < block; p += 64) {
                     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
@@ -1122,21 +1126,24 @@ HLWQ_UNROLL(4)
             if constexpr (Bits == 5) {
                 // 1-bit plane: word g bit t = bit 4 of code 32g + t, so its first 64-bit word
                 // covers codes 0..63 (lanes 0, 1 of either register), its second 64..127
-                // (lanes 2, 3). vpshufbitqmb picks each slot's bit from the same 64-bit word of
-                // a source that holds the first word in words 0..3 and the second in 4..7.
+                // (lanes 2, 3). vpmultishiftqb rotates, per slot, the same 64-bit word of a
+                // source that holds the first word in words 0..3 and the second in 4..7 so
+                // that the slot's bit lands on bit 4 (no mask register: see dot64_mirrored).
                 std::uint64_t q[2];
                 std::memcpy(q, codes + block / 2 + 16 * p, sizeof q);
                 const __m512i src = _mm512_mask_set1_epi64(_mm512_set1_epi64(static_cast<long long>(q[0])), 0xF0,
                                                            static_cast<long long>(q[1]));
-                alignas(64) static constexpr auto select = [] {  // slot (g, i) of register h: bit 32g + 16h + i
+                alignas(64) static constexpr auto rotate = [] {  // slot (g, i) of register h: bit 32g + 16h + i, to bit 4
                     std::array<std::array<std::uint8_t, 64>, 2> a{};
                     for (std::size_t h = 0; h < 2; ++h)
-                        for (std::size_t s = 0; s < 64; ++s) a[h][s] = static_cast<std::uint8_t>((32 * (s / 16) + 16 * h + s % 16) % 64);
+                        for (std::size_t s = 0; s < 64; ++s)
+                            a[h][s] = static_cast<std::uint8_t>((32 * (s / 16) + 16 * h + s % 16 + 60) % 64);
                     return a;
                 }();
                 const __m512i bit4 = _mm512_set1_epi8(0x10);
-                r0 = _mm512_mask_add_epi8(r0, _mm512_bitshuffle_epi64_mask(src, _mm512_load_si512(select[0].data())), r0, bit4);
-                r1 = _mm512_mask_add_epi8(r1, _mm512_bitshuffle_epi64_mask(src, _mm512_load_si512(select[1].data())), r1, bit4);
+                // r | (rotated & bit4): r's bit 4 is clear
+                r0 = _mm512_ternarylogic_epi32(r0, _mm512_multishift_epi64_epi8(_mm512_load_si512(rotate[0].data()), src), bit4, 0xF8);
+                r1 = _mm512_ternarylogic_epi32(r1, _mm512_multishift_epi64_epi8(_mm512_load_si512(rotate[1].data()), src), bit4, 0xF8);
             } else if constexpr (Bits == 6) {
                 // 2-bit plane of group g: byte 8g + i holds bits 4..5 of codes 32g + i + 8s at
                 // shift 2s. Lane g of d = its 8 bytes twice; shift each to bits 4..5.
@@ -1295,14 +1302,25 @@ HLWQ_UNROLL(4)
 
         /// dot64 for a mirrored 8-bit table (see kernels::mirrored), s starting from zero, x and
         /// negated_x = −x: code k < 128 is −|table[k]| and code k >= 128 is +|table[255 − k]|,
-        /// so the magnitudes of the negative half, looked up at k or 255 − k (0x7F − k in the
+        /// so the magnitudes of the negative half, looked up at k or 255 − k (k ^ 0x7F in the
         /// 7 index bits a two-register permute reads), meet x with the code's sign. They are
         /// unsigned bytes (high <= 127) and |x| <= 127, so no bias; each lane's sum is the
         /// exact sum of its products, as dot64's.
+        /// Index and sign are bit maps of the code byte, made without a mask register (on
+        /// Sapphire Rapids, vpmovb2m and two masked ops made the step 22% slower than these
+        /// three operations): vgf2p8affineqb makes output bit i the parity of the code AND
+        /// byte 7 − i of a matrix; `mirror` flips bits 0..6 when bit 7 is set, `sign` copies
+        /// bit 7 to every bit (0xFF for k >= 128), which then picks x or −x bit by bit.
         void dot64_mirrored(sums& s, __m512i idx, __m512i x, __m512i negated_x) const noexcept {
-            const __mmask64 upper = _mm512_movepi8_mask(idx);
-            const __m512i half = _mm512_mask_sub_epi8(idx, upper, _mm512_set1_epi8(0x7F), idx);
-            const __m512i signed_x = _mm512_mask_blend_epi8(upper, negated_x, x);
+            constexpr long long mirror = [] {
+                std::uint64_t m = 0;
+                for (int i = 0; i < 7; ++i) m |= std::uint64_t{(1u << i) | 0x80u} << (8 * (7 - i));
+                return static_cast<long long>(m);
+            }();
+            constexpr long long sign = static_cast<long long>(0x8080808080808080ull);
+            const __m512i half = _mm512_gf2p8affine_epi64_epi8(idx, _mm512_set1_epi64(mirror), 0);
+            const __m512i positive = _mm512_gf2p8affine_epi64_epi8(idx, _mm512_set1_epi64(sign), 0);
+            const __m512i signed_x = _mm512_ternarylogic_epi32(positive, x, negated_x, 0xCA);  // positive ? x : −x
             s.high = _mm512_dpbusd_epi32(s.high, _mm512_permutex2var_epi8(magnitude_hi[0], half, magnitude_hi[1]), signed_x);
             s.low = _mm512_dpbusd_epi32(s.low, _mm512_permutex2var_epi8(magnitude_lo[0], half, magnitude_lo[1]), signed_x);
         }
@@ -1372,12 +1390,12 @@ HLWQ_UNROLL(4)
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
             const std::uint8_t* c = codes + b * block_bytes;
-            // The same block prefetch_rows_ahead rows down each stream: far enough to hide the
-            // memory latency that the hardware prefetcher leaves exposed at this compute per
-            // byte. (Prefetches never fault, past the last row too.)
+            // prefetch_bytes_ahead down each stream: far enough to hide the memory latency that
+            // the hardware prefetcher leaves exposed at this compute per byte, near enough that
+            // the lines are still in L1 when read. (Prefetches never fault, past the last row too.)
             for (std::size_t j = 0; j < R; ++j)
                 for (std::size_t l = 0; l < block_bytes; l += 64)
-                    prefetch(c, (j * stride + prefetch_rows_ahead) * row_bytes + l);
+                    prefetch(c, j * stride * row_bytes + l + prefetch_bytes_ahead);
             if (fused) {
                 for (std::size_t p = 0; p < block / 128; ++p) {
                     __m512i r0[R], r1[R];
