@@ -835,6 +835,16 @@ private:
     /// Xeon, PQ8 took 15–25% longer than with 2 KiB (1 and 4 KiB measured between the two;
     /// docs/benchmarks.md). Without the prefetch, PQ4 lost about a fifth of its speed.
     static constexpr std::size_t prefetch_bytes_ahead = 2048;
+
+    /// Prefetches the block_bytes of codes at c, prefetch_bytes_ahead down each of a decode
+    /// kernel's R row streams (stream_bytes apart): far enough to hide the memory latency that
+    /// the hardware prefetcher leaves exposed at this compute per byte, near enough that the
+    /// lines are still in L1 when read. (Prefetches never fault, past the last row too.)
+    template <std::size_t R>
+    static void prefetch_streams(const std::uint8_t* c, std::size_t stream_bytes, std::size_t block_bytes) noexcept {
+        for (std::size_t j = 0; j < R; ++j)
+            for (std::size_t l = 0; l < block_bytes; l += 64) prefetch(c, j * stream_bytes + l + prefetch_bytes_ahead);
+    }
 #endif
 
 #if HLWQ_CPU_HAS_AVX2_INT8
@@ -990,9 +1000,7 @@ HLWQ_UNROLL(4)
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = _mm256_setzero_si256();
             const std::uint8_t* c = codes + b * block_bytes;
-            for (std::size_t j = 0; j < R; ++j)  // as in dot_rows_vnni_decode
-                for (std::size_t l = 0; l < block_bytes; l += 64)
-                    prefetch(c, j * stride * row_bytes + l + prefetch_bytes_ahead);
+            prefetch_streams<R>(c, stride * row_bytes, block_bytes);
             if constexpr (Bits == 4 || Bits == 5) {  // the 4-bit plane in place; 5 bits: bit 4 from the 1-bit plane
                 for (std::size_t p = 0; p < block; p += 64) {
                     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + p));
@@ -1390,12 +1398,7 @@ HLWQ_UNROLL(4)
 HLWQ_UNROLL(4)
             for (std::size_t j = 0; j < R; ++j) lanes[j] = init;
             const std::uint8_t* c = codes + b * block_bytes;
-            // prefetch_bytes_ahead down each stream: far enough to hide the memory latency that
-            // the hardware prefetcher leaves exposed at this compute per byte, near enough that
-            // the lines are still in L1 when read. (Prefetches never fault, past the last row too.)
-            for (std::size_t j = 0; j < R; ++j)
-                for (std::size_t l = 0; l < block_bytes; l += 64)
-                    prefetch(c, j * stride * row_bytes + l + prefetch_bytes_ahead);
+            prefetch_streams<R>(c, stride * row_bytes, block_bytes);
             if (fused) {
                 for (std::size_t p = 0; p < block / 128; ++p) {
                     __m512i r0[R], r1[R];
